@@ -1,0 +1,13 @@
+"""model_dict: the one registry. Adding a model is one class and one line here.
+
+Every class takes (in_channels, num_classes, image_size, dropout, pretrained) and returns
+logits of shape (B, num_classes).
+"""
+from model.resnet import ResNet18, ResNet50
+from model.small_cnn import SmallCNN
+
+model_dict = {
+    "small_cnn": SmallCNN,
+    "resnet18": ResNet18,
+    "resnet50": ResNet50,
+}

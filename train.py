@@ -1,0 +1,208 @@
+"""Train a model. Every run is kept in experiments/<run id>/; checkpoints/ shows the latest.
+
+    python train.py [--config FILE] [KEY=VALUE ...]     a new run, or resume=<id> to continue one
+    python train.py --list                              a table of all runs
+    torchrun --nproc_per_node=N train.py ...            the same on N processes (DDP)
+"""
+import dataclasses
+import json
+import platform
+from typing import Optional
+
+import torch
+from safetensors.torch import save_file
+
+from train import Trainer
+from train.setup import (
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    check_amp,
+    load_weights,
+    model_source_hash,
+    resolve_device,
+    set_determinism,
+    set_rng_state,
+)
+from utils import dist
+from utils.config import MACHINE_KEYS, Config, build_config, load_config, make_parser, parse_args, read_yaml, to_yaml
+from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, data_fields, make_loader
+from utils.errors import RunFailure, UsageError, fault_point, run_main
+from utils.plots import plot_curves
+from utils.runstore import EXPERIMENTS, RunFolder, atomic_write, find_run, format_table, list_runs
+
+
+def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
+    """For resume: the parent run, the config to continue it with (the experiment from the
+    parent's config.yaml, epochs and machine keys from ours) and lines that say what differs."""
+    if cfg.resume is None:
+        return None, cfg, []
+    if cfg.init_from is not None:
+        raise UsageError("init_from: cannot be combined with resume; set one of them to null")
+    parent = find_run(cfg.resume, "resume", lambda r: (EXPERIMENTS / r["id"] / "state.pt").exists(), "with saved state")
+    if parent["status"] == "running":
+        raise UsageError(f"resume: run {parent['id']} is still running; wait for it to end or stop it first")
+    try:
+        parent_cfg = build_config(read_yaml(EXPERIMENTS / parent["id"] / "config.yaml"))
+    except UsageError as e:
+        raise UsageError(f"resume: the config of run {parent['id']} is unusable ({e})") from None
+    done = parent.get("epochs_done", 0)
+    if cfg.epochs <= done:
+        raise UsageError(f"epochs: run {parent['id']} has done {done} epochs ({parent['status']}); "
+                         f"to continue it set epochs above {done}, e.g. epochs={done + 5}")
+    values = dataclasses.asdict(parent_cfg)
+    values.update({k: getattr(cfg, k) for k in MACHINE_KEYS}, resume=parent["id"])
+    child = Config(**values)
+    notes = []
+    applied = [f"{k}={getattr(child, k)} (parent: {getattr(parent_cfg, k)})" for k in MACHINE_KEYS
+               if k != "resume" and getattr(child, k) != getattr(parent_cfg, k)]
+    ignored = [f"{k}={getattr(cfg, k)} (kept the parent's {getattr(parent_cfg, k)})"
+               for k in dataclasses.asdict(cfg) if k not in MACHINE_KEYS and getattr(cfg, k) != getattr(parent_cfg, k)]
+    if applied:
+        notes.append("applied: " + ", ".join(applied))
+    if ignored:
+        notes.append("ignored, the experiment comes from the parent: " + ", ".join(ignored))
+    return parent, child, notes
+
+
+def load_state(run_id: str) -> Optional[dict]:
+    """A run's state.pt, loaded safely (weights_only=True), or None when it saved none."""
+    path = EXPERIMENTS / run_id / "state.pt"
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged or unsafe file has one fix
+        raise RunFailure(f"{path} cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                         "it is damaged or not a state file; continue from another run") from None
+
+
+def version_notes(parent: dict, device: torch.device) -> list[str]:
+    """Warnings when the continuation runs where bit-identical results are not promised."""
+    now = current_environment(device)
+    return [f"warning: {k} differs from the parent's ({parent.get(k)} -> {now[k]}); results may not be bit-identical"
+            for k in ("threads", "versions", "world_size", "device") if parent.get(k) != now[k]]
+
+
+def current_environment(device: torch.device) -> dict:
+    import importlib.metadata as md
+    try:
+        tv = md.version("torchvision")
+    except md.PackageNotFoundError:
+        tv = None
+    return {"threads": torch.get_num_threads(), "device": str(device), "world_size": dist.world_size(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "torchvision": tv}}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = make_parser("train.py", "Train a model; every run is kept in experiments/<run id>/.")
+    args = parse_args(parser, argv)
+    if args.list:
+        print(format_table(list_runs()))
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    parent, cfg, notes = resolve_parent(cfg)
+    init = find_run(cfg.init_from, "init_from", lambda r: r["status"] == "finished", "finished") if cfg.init_from else None
+    if init is not None and init["status"] != "finished":
+        raise UsageError(f"init_from: run {init['id']} has no final weights (status {init['status']}); choose a finished run")
+    device = resolve_device(cfg.device)
+    check_amp(cfg.amp, device)
+    device = dist.setup(device)
+    per_process = cfg.batch_size / (dist.world_size() * cfg.grad_accum_steps)
+    if per_process != int(per_process):
+        raise UsageError(f"batch_size: {cfg.batch_size} is not divisible by {dist.world_size()} processes x "
+                         f"grad_accum_steps {cfg.grad_accum_steps}; choose a multiple of {dist.world_size() * cfg.grad_accum_steps}")
+    set_determinism(cfg, device)
+    data = build_data(cfg)
+    if len(data.train) < cfg.batch_size:
+        raise UsageError(f"batch_size: {cfg.batch_size} is larger than the {len(data.train)} training samples; lower it")
+    model = build_model(cfg, data.info)
+    if init is not None:
+        load_weights(model, EXPERIMENTS / init["id"] / "model.safetensors", init["weights"]["sha256"], "init_from")
+    model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+
+    sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed, dist.rank(), dist.world_size(), cfg.grad_accum_steps)
+    if cfg.augment:
+        data.train.enable_augment(cfg.seed, data.info)
+    pin = device.type == "cuda"
+    train_loader = make_loader(data.train, sampler, cfg.num_workers, pin)
+    val_loader = make_loader(data.val, EvalBatchSampler(len(data.val), int(per_process), dist.rank(), dist.world_size()),
+                             cfg.num_workers, pin)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, sampler.steps_per_epoch())
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+
+    state = load_state(parent["id"]) if parent else None
+    start = {"epoch": 0, "step": 0, "global_step": 0, "history": [],
+             "sums": {"loss_sum": torch.zeros(()), "count": 0, "seconds": 0.0}}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start = {k: state[k] for k in start}
+        rngs = state["rng"]
+        if len(rngs) != dist.world_size():
+            notes.append(f"warning: the parent ran on {len(rngs)} process(es), this run on {dist.world_size()}; "
+                         "exact continuation needs the same number")
+        set_rng_state(rngs[dist.rank() % len(rngs)])
+        # The optimizer state was loaded on CPU; put it beside the parameters.
+        optimizer.load_state_dict(optimizer.state_dict())
+    if parent is not None:
+        notes += version_notes(parent, device)
+
+    net = model
+    if dist.enabled():
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    run = None
+    if dist.is_main():
+        info = {"parent": {"id": parent["id"], "epoch": start["epoch"], "step": start["step"]} if parent else None,
+                "init_from": init["id"] if init else None, "model": cfg.base_model, "epochs": cfg.epochs,
+                "epochs_done": start["epoch"], "steps_done": start["global_step"],
+                "class_names": data.info.class_names, "data": data_fields(data.info) | {"dataset": cfg.dataset},
+                "val_hash": data.val_hash, "train_size": len(data.train), "val_size": len(data.val),
+                "params": sum(p.numel() for p in model.parameters()),
+                "model_source_sha256": model_source_hash(cfg.base_model), **current_environment(device)}
+        run = RunFolder.create(to_yaml(cfg, header=""), info)
+        fault_point("started")
+    run_id = dist.broadcast_object(run.id if run else None)
+    trainer = Trainer(cfg, model, net, optimizer, scheduler, scaler, train_loader, val_loader, device, run, start)
+    if run is not None:
+        what = f"continuing run {parent['id']} from epoch {start['epoch'] + 1}, step {start['step']}" if parent else "new run"
+        run.log(f"run {run_id}: {what}; {cfg.base_model} on {cfg.dataset} ({len(data.train)} train / "
+                f"{len(data.val)} val), {device} x{dist.world_size()}, {cfg.epochs} epochs")
+        for line in notes:
+            run.log(line)
+    try:
+        final = trainer.fit()
+        if run is not None:
+            finish(run, model, cfg, data, final, trainer.history)
+    except (Exception, KeyboardInterrupt) as e:
+        if run is not None and run.info["status"] == "running":
+            failed = not isinstance(e, KeyboardInterrupt)
+            run.close("failed" if failed else "interrupted", **({"error": str(e)} if failed else {}))
+        raise
+    finally:
+        dist.teardown()
+    return 0
+
+
+def finish(run: RunFolder, model: torch.nn.Module, cfg: Config, data, final: dict, history: list[dict]) -> None:
+    """Write the weights (self-describing: config and data info in the metadata) and the
+    curves, then mark the run finished."""
+    weights = run.folder / "model.safetensors"
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"run_id": run.id, "config": to_yaml(cfg), "data": json.dumps(dataclasses.asdict(data.info))}  # self-describing
+    fault_point("weights")
+    atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    plot_curves(history, run.folder / "curves.png", title=f"run {run.id} ({cfg.base_model})")
+    run.log(f"finished run {run.id}: val_acc {final['val_acc']:.4f}; weights in experiments/{run.id}/model.safetensors")
+    fault_point("final")
+    run.finish(weights, metrics={k: final[k] for k in ("train_loss", "val_loss", "val_acc")})
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,3 @@
+from train.trainer import Trainer, evaluate
+
+__all__ = ["Trainer", "evaluate"]

@@ -1,0 +1,263 @@
+"""The config: one typed dataclass, read from YAML and KEY=VALUE overrides, validated in one place.
+
+Every key has one field here, with its default and its meaning; `config/config.yaml` repeats
+them with comments, and `--help` prints them.
+"""
+import argparse
+import dataclasses
+import datetime
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, get_type_hints
+
+import yaml
+
+from utils.errors import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
+
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _key(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    resume: Optional[str] = _key(None, "null: new run / infer with the latest run; a run id (or latest): continue it / infer with it")
+    device: str = _key("auto", "training device: auto | cpu | cuda | cuda:N | mps")
+    inference_device: str = _key("auto", "device for inference.py only (set cpu to serve on CPU)")
+    epochs: int = _key(10, "total epochs of the run, counted across its resumed parents")
+    batch_size: int = _key(64, "global batch per optimizer step, whatever the number of processes")
+    lr: float = _key(3e-3, "peak learning rate")
+    optimizer: str = _key("adamw", "sgd | adam | adamw")
+    momentum: float = _key(0.9, "momentum (sgd only)")
+    weight_decay: float = _key(1e-4, "weight decay")
+    scheduler: str = _key("cosine", "none | step | cosine (stepped every optimizer step)")
+    step_size: int = _key(3, "epochs between lr drops (scheduler: step)")
+    gamma: float = _key(0.1, "lr factor at each drop (scheduler: step)")
+    seed: int = _key(0, "seed of the weights, the data order, augmentation and dropout")
+    split_seed: int = _key(0, "seed of the train/validation split (fixed across seeds)")
+    deterministic: bool = _key(True, "bit-identical results on the same machine (slower paths on GPU)")
+    dataset: str = _key("digits", "digits (scikit-learn's 8x8 digits) | image_folder | fake")
+    data_dir: Optional[str] = _key(None, "class sub-folders, optionally under train/ and val/ (dataset: image_folder)")
+    image_size: Optional[int] = _key(None, "square side the images are resized to; null: 8 for digits, 32 for fake, 64 for image_folder")
+    val_fraction: float = _key(0.2, "share held out for validation when there is no val/ folder")
+    fake_size: int = _key(512, "number of samples (dataset: fake)")
+    augment: bool = _key(True, "random translation of training images by up to 1/8 of their side")
+    num_workers: int = _key(0, "data loading processes (0: in the main process, best for digits)")
+    amp: str = _key("none", "mixed precision: none | bf16 | fp16 (fp16 on CUDA only)")
+    grad_accum_steps: int = _key(1, "micro-batches per optimizer step")
+    channels_last: bool = _key(False, "channels_last memory format (faster convolutions on GPU)")
+    compile: bool = _key(False, "torch.compile the model")
+    checkpoint_every_steps: int = _key(0, "also save state.pt every N optimizer steps (0: at epoch ends only)")
+    init_from: Optional[str] = _key(None, "a run id: start a new run from its weights (fine-tuning)")
+    pretrained: bool = _key(False, "resnets: start from torchvision's ImageNet weights")
+    dropout: float = _key(0.1, "dropout before the classifier")
+    progress: bool = _key(True, "a progress bar per epoch (only when stdout is a terminal)")
+    tensorboard: bool = _key(False, "also write TensorBoard scalars to experiments/<id>/tb/")
+    base_model: str = _key("small_cnn", "a key of model_dict")
+
+
+KEYS = [f.name for f in dataclasses.fields(Config)]
+TYPES = get_type_hints(Config)
+HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+# On resume these come from config/config.yaml and the command line; all others from the parent.
+MACHINE_KEYS = ("resume", "device", "inference_device", "epochs", "num_workers",
+                "checkpoint_every_steps", "progress", "tensorboard")
+CHOICES = {
+    "optimizer": ("sgd", "adam", "adamw"),
+    "scheduler": ("none", "step", "cosine"),
+    "dataset": ("digits", "image_folder", "fake"),
+    "amp": ("none", "bf16", "fp16"),
+}
+
+
+def suggest(word: str, options: list[str]) -> str:
+    """' (did you mean X?)' for the closest option, or ''."""
+    close = difflib.get_close_matches(str(word), options, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    base = tp.__args__[0] if getattr(tp, "__args__", None) else tp
+    name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
+    return name + (" or null" if base is not tp else "")
+
+
+def convert(key: str, value: Any) -> Any:
+    """Convert a value read by yaml.safe_load to the key's declared type, or raise ValueError."""
+    tp = TYPES[key]
+    optional = getattr(tp, "__args__", None) is not None
+    base = tp.__args__[0] if optional else tp
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"expected {_type_name(tp)}, got null")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif base is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, datetime.datetime):  # `resume: 2026-11-29 14:03:27`
+            return value.strftime("%Y-%m-%d_%H-%M-%S")
+        if isinstance(value, int) and not isinstance(value, bool) and key in ("resume", "init_from"):
+            raise ValueError(f"YAML read this value as the number {value} (a time like 12:00:00 "
+                             "is a number in YAML); quote it")
+    raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'KEY=VALUE' -> (key, value). String keys keep their text as typed; others go
+    through yaml.safe_load so that `amp=bf16`, `lr=1e-3`, `deterministic=false` all work."""
+    if "=" not in text:
+        raise UsageError(f"'{text}' is not KEY=VALUE; e.g. epochs=5 (see --help for the keys)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if key not in TYPES:
+        raise UsageError(f"unknown key '{key}'{suggest(key, KEYS)}; see --help for the keys")
+    base = TYPES[key].__args__[0] if getattr(TYPES[key], "__args__", None) else TYPES[key]
+    if base is str:
+        return key, None if raw.strip().lower() in ("null", "none", "~", "") else raw.strip()
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key, raw
+
+
+def read_yaml(path: Path) -> dict:
+    """A config file as a mapping; every problem is a UsageError naming the file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read config file {path}: {e.strerror}; pass an existing file with --config") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"{path}: malformed YAML{line}: {problem}; fix the file (plain `key: value` lines)") from None
+    if data is None:
+        raise UsageError(f"{path} is empty; it needs `key: value` lines (see --help)")
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} holds a {type(data).__name__}, not a mapping; write `key: value` lines")
+    return data
+
+
+def build_config(values: dict) -> Config:
+    """Defaults, then `values`; every value converted and checked, every problem reported."""
+    problems = []
+    merged = dict(DEFAULTS)
+    for key, value in values.items():
+        if key not in TYPES:
+            problems.append(f"unknown key '{key}'{suggest(key, KEYS)}")
+            continue
+        try:
+            merged[key] = convert(key, value)
+        except ValueError as e:
+            problems.append(f"{key}: {e}")
+    if not problems:
+        cfg = Config(**merged)
+        problems = validate(cfg)
+    if problems:
+        raise UsageError("config: " + "; ".join(problems))
+    return cfg
+
+
+def validate(cfg: Config) -> list[str]:
+    """Every range and choice check, in one place. Returns the problems found."""
+    from model import model_dict  # the registry; imported here so --help stays fast
+
+    p = []
+    for key, choices in CHOICES.items():
+        value = getattr(cfg, key)
+        if value not in choices:
+            p.append(f"{key}: '{value}' is not one of {' | '.join(choices)}{suggest(value, list(choices))}")
+    if cfg.base_model not in model_dict:
+        p.append(f"base_model: '{cfg.base_model}' is not in model_dict{suggest(cfg.base_model, list(model_dict))};"
+                 f" choose one of {', '.join(model_dict)}")
+    for key in ("device", "inference_device"):
+        if not DEVICE_RE.match(getattr(cfg, key)):
+            p.append(f"{key}: '{getattr(cfg, key)}' is not auto | cpu | cuda | cuda:N | mps")
+    positive = ("epochs", "batch_size", "step_size", "grad_accum_steps", "fake_size")
+    p += [f"{k}: must be at least 1, got {getattr(cfg, k)}" for k in positive if getattr(cfg, k) < 1]
+    non_negative = ("seed", "split_seed", "num_workers", "checkpoint_every_steps", "weight_decay")
+    p += [f"{k}: must be 0 or more, got {getattr(cfg, k)}" for k in non_negative if getattr(cfg, k) < 0]
+    if not cfg.lr > 0:
+        p.append(f"lr: must be greater than 0, got {cfg.lr}")
+    for key, lo, hi in (("val_fraction", 0.0, 1.0), ("dropout", -1e-9, 1.0), ("momentum", -1e-9, 1.0)):
+        if not lo < getattr(cfg, key) < hi:
+            p.append(f"{key}: must be in [{max(lo, 0)}, {hi}), got {getattr(cfg, key)}")
+    if not 0 < cfg.gamma <= 1:
+        p.append(f"gamma: must be in (0, 1], got {cfg.gamma}")
+    if cfg.image_size is not None and not 4 <= cfg.image_size <= 4096:
+        p.append(f"image_size: must be between 4 and 4096 or null, got {cfg.image_size}")
+    if cfg.batch_size % cfg.grad_accum_steps:
+        p.append(f"batch_size: {cfg.batch_size} is not a multiple of grad_accum_steps={cfg.grad_accum_steps}")
+    if cfg.dataset == "image_folder":
+        if not cfg.data_dir:
+            p.append("data_dir: dataset image_folder needs data_dir, a folder of class sub-folders")
+        elif not Path(cfg.data_dir).expanduser().is_dir():
+            p.append(f"data_dir: '{cfg.data_dir}' is not a folder; point it at a folder of class sub-folders")
+    if cfg.resume is not None and cfg.init_from is not None:
+        p.append("init_from: cannot be combined with resume; set one of them to null")
+    return p
+
+
+def load_config(config_file: Optional[str], overrides: list[str]) -> Config:
+    """The config a main runs with: `config_file` (default config/config.yaml), then overrides."""
+    values = read_yaml(Path(config_file) if config_file else DEFAULT_CONFIG)
+    values.update(dict(parse_override(o) for o in overrides))
+    return build_config(values)
+
+
+def to_yaml(cfg: Config, header: str = "") -> str:
+    """The full resolved config as YAML, one key a line in declaration order."""
+    lines = [f"# {header}"] if header else []
+    lines += [yaml.safe_dump({k: v}, default_flow_style=False, sort_keys=False).rstrip() for k, v in dataclasses.asdict(cfg).items()]
+    return "\n".join(lines) + "\n"
+
+
+def keys_help() -> str:
+    """Every key with its default and meaning, for --help."""
+    width = max(map(len, KEYS))
+    rows = [f"  {k:<{width}}  {yaml.safe_dump(DEFAULTS[k]).splitlines()[0]:<10} {HELP[k]}" for k in KEYS]
+    return "config keys (KEY=VALUE overrides one; default, then meaning):\n" + "\n".join(rows)
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser both mains start from."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=keys_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="config file (default: config/config.yaml)")
+    parser.add_argument("--list", action="store_true", help="print a table of all runs and exit")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override one config key")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """parse_args that raises UsageError (exit 2, one line) instead of printing usage."""
+    def fail(message: str) -> None:
+        raise UsageError(f"{message}; see {parser.prog} --help")
+    parser.error = fail  # type: ignore[method-assign]
+    return parser.parse_args(argv)

@@ -1,0 +1,63 @@
+"""Exit statuses of the contract and the one place that turns exceptions into them."""
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+
+
+class UsageError(Exception):
+    """Bad arguments, config or run id, found before anything is written: exit 2."""
+
+
+class RunFailure(Exception):
+    """A failure while running: exit 1."""
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving its state; `code` is 130 or 143."""
+
+    def __init__(self, code: int):
+        super().__init__(f"interrupted (exit {code})")
+        self.code = code
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run `main` and exit with the contract's status; one line on stderr, no traceback
+    unless TEMPLATE_DEBUG=1."""
+    debug = os.environ.get("TEMPLATE_DEBUG", "") not in ("", "0")
+    try:
+        code = main()
+    except UsageError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except Interrupted as e:
+        code = e.code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as e:  # noqa: BLE001 - the one place that maps failures to exit 1
+        if debug:
+            traceback.print_exc()
+        msg = str(e) if isinstance(e, RunFailure) else f"{type(e).__name__}: {e}"
+        hint = "" if debug else " (TEMPLATE_DEBUG=1 shows the traceback)"
+        print(f"error: {msg}{hint}", file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def fault_point(name: str) -> None:
+    """TEMPLATE_FAULT=<name>[:<n>] makes the process SIGKILL itself the n-th time (default the
+    first) it reaches the named point; the crash-safety tests use it."""
+    spec = os.environ.get("TEMPLATE_FAULT")
+    if not spec or spec.split(":")[0] != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] >= int(spec.split(":")[1] if ":" in spec else 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_hits: dict = {}

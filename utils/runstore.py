@@ -1,0 +1,326 @@
+"""The run store: `experiments/<run id>/` is the one source of truth for every run, and
+`checkpoints/` a view of the latest one. Both mains use this module and nothing else to find,
+read and write runs.
+
+Every file is written to a temporary file in the same folder, flushed, fsynced and moved into
+place with os.replace (then the folder is fsynced); an existing file is never opened for
+writing, because hard links share it with `checkpoints/`.
+"""
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+from filelock import FileLock, Timeout
+
+from utils.config import ROOT
+from utils.errors import UsageError
+
+EXPERIMENTS = ROOT / "experiments"
+CHECKPOINTS = ROOT / "checkpoints"
+RUN_ID_RE = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(_\d+)?$")
+COLON_ID_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[_ T](\d{2}):(\d{2}):(\d{2})(_\d+)?$")
+STORE_LOCK = ".store.lock"  # guards run id allocation and the checkpoints/ view
+VIEW_FILES = ("config.yaml", "run.json", "model.safetensors")
+
+
+# ---------------------------------------------------------------- durable writes
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], readonly: bool = False) -> None:
+    """Write `path` through `write(tmp)` on a new temporary file in the same folder, then
+    fsync and os.replace it into place. A crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if readonly:
+            os.chmod(tmp, 0o444)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text(path: Path, text: str, readonly: bool = False) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "x") as f:
+            f.write(text)
+    atomic_write(path, write, readonly)
+
+
+def write_json(path: Path, obj: Any, readonly: bool = False) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", readonly)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Put `src` at `dst` as a hard link (a copy where links are impossible), atomically."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return  # already there (rename() between two links of one file would do nothing)
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+# ---------------------------------------------------------------- run ids
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+def normalize_run_id(text: str, key: str = "resume") -> str:
+    """A run id, or 'latest', from what a user typed; anything else (a path, '..') is exit 2."""
+    text = str(text).strip()
+    if text == "latest" or RUN_ID_RE.match(text):
+        return text
+    m = COLON_ID_RE.match(text)
+    if m:
+        return f"{m[1]}_{m[2]}-{m[3]}-{m[4]}{m[5] or ''}"
+    raise UsageError(f"{key}: '{text}' is not a run id (YYYY-MM-DD_HH-MM-SS or latest){recent_ids_hint()}")
+
+
+def recent_ids_hint(n: int = 5) -> str:
+    ids = [r["id"] for r in list_runs()][-n:]
+    return f"; recent runs: {', '.join(ids)}" if ids else "; there are no runs yet in experiments/"
+
+
+def allocate_run_dir(experiments: Path = EXPERIMENTS) -> tuple[str, Path, str]:
+    """Create experiments/<local start time>[_N]/ and return (id, folder, start time in UTC).
+    mkdir is atomic, so two processes started in the same second get two folders."""
+    experiments.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now()
+    base = now.strftime("%Y-%m-%d_%H-%M-%S")
+    with FileLock(experiments / STORE_LOCK):
+        for n in range(1, 10_000):
+            run_id = base if n == 1 else f"{base}_{n}"
+            try:
+                (experiments / run_id).mkdir()
+            except FileExistsError:
+                continue
+            return run_id, experiments / run_id, utc_now()
+    raise RuntimeError(f"could not allocate a run folder for {base}")
+
+
+# ---------------------------------------------------------------- reading runs
+def read_run(folder: Path) -> Optional[dict]:
+    """run.json of a run folder with `status` made live: 'running' whose lock is free -> 'killed'.
+    None when the folder has no readable run.json."""
+    try:
+        info = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("status") == "running" and not is_locked(folder):
+        info["status"] = "killed"
+    return info
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether a live process holds the run's lock file."""
+    if not (folder / "lock").exists():
+        return False
+    lock = FileLock(folder / "lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def list_runs(experiments: Path = EXPERIMENTS) -> list[dict]:
+    """Every run with a run.json, oldest first by UTC start time."""
+    if not experiments.is_dir():
+        return []
+    runs = []
+    for d in experiments.iterdir():
+        if d.is_dir() and RUN_ID_RE.match(d.name):
+            info = read_run(d)
+            if info is not None:
+                runs.append(info)
+    return sorted(runs, key=lambda r: (r.get("start_utc", ""), r["id"]))
+
+
+def run_dir(run_id: str, experiments: Path = EXPERIMENTS) -> Path:
+    return experiments / run_id
+
+
+def find_run(spec: str, key: str, want: Callable[[dict], bool], what: str) -> dict:
+    """The run `spec` names ('latest': the newest run for which want() holds)."""
+    spec = normalize_run_id(spec, key)
+    runs = list_runs()
+    if spec == "latest":
+        chosen = [r for r in runs if want(r)]
+        if not chosen:
+            raise UsageError(f"{key}: latest: no run {what} in experiments/; train one first with python train.py")
+        return chosen[-1]
+    for r in runs:
+        if r["id"] == spec:
+            return r
+    raise UsageError(f"{key}: no run '{spec}' in experiments/{recent_ids_hint()}")
+
+
+def children_of(run_id: str) -> list[str]:
+    return [r["id"] for r in list_runs() if (r.get("parent") or {}).get("id") == run_id]
+
+
+# ---------------------------------------------------------------- the checkpoints/ view
+def shown_run() -> Optional[dict]:
+    try:
+        return json.loads((CHECKPOINTS / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def update_view(folder: Path, start_utc: str, files: tuple) -> bool:
+    """Show the run in `folder` in checkpoints/ by linking `files` there (run.json last, so
+    the view names the run only once the other files are in place). A run that started
+    earlier than the one shown never replaces it. Returns whether the view was updated."""
+    CHECKPOINTS.mkdir(exist_ok=True)
+    with FileLock(EXPERIMENTS / STORE_LOCK):
+        shown = shown_run()
+        if shown and shown.get("id") != folder.name and shown.get("start_utc", "") > start_utc:
+            return False
+        if shown is None or shown.get("id") != folder.name:
+            (CHECKPOINTS / "run.json").unlink(missing_ok=True)  # the view is now visibly incomplete
+        for name in VIEW_FILES:
+            if name not in files and name != "run.json":
+                (CHECKPOINTS / name).unlink(missing_ok=True)
+        for name in files:
+            if name != "run.json":
+                link_or_copy(folder / name, CHECKPOINTS / name)
+        link_or_copy(folder / "run.json", CHECKPOINTS / "run.json")
+        fsync_dir(CHECKPOINTS)
+    return True
+
+
+# ---------------------------------------------------------------- the table
+def format_table(runs: list[dict]) -> str:
+    """--list: every run, newest last; '*' marks the one shown in checkpoints/."""
+    shown = (shown_run() or {}).get("id")
+    header = ("", "id", "status", "model", "epochs", "val_acc", "parent", "duration")
+    rows = [header]
+    for r in runs:
+        metrics = r.get("metrics") or {}
+        acc = metrics.get("val_acc")
+        rows.append(("*" if r["id"] == shown else "", r["id"], r.get("status", "?"), r.get("model", "?"),
+                     f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}",
+                     f"{acc:.4f}" if isinstance(acc, float) else "-",
+                     (r.get("parent") or {}).get("id") or "-", _duration(r)))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    if len(rows) == 1:
+        lines.append("(no runs yet: python train.py starts one)")
+    return "\n".join(lines)
+
+
+def _duration(r: dict) -> str:
+    try:
+        start = datetime.datetime.fromisoformat(r["start_utc"])
+        end = datetime.datetime.fromisoformat(r.get("end_utc") or r.get("updated_utc"))
+    except (KeyError, TypeError, ValueError):
+        return "-"
+    seconds = int((end - start).total_seconds())
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# ---------------------------------------------------------------- writing one run
+class RunFolder:
+    """The folder of the run this process trains. Holds the run's lock for its lifetime,
+    keeps run.json current, and is the only writer of the folder."""
+
+    def __init__(self, run_id: str, folder: Path, info: dict):
+        self.id, self.folder, self.info = run_id, folder, info
+        self.lock = FileLock(folder / "lock", timeout=0)
+        self.lock.acquire()
+        self.log_file = open(folder / "train.log", "x", buffering=1)  # new file, line-buffered
+
+    @classmethod
+    def create(cls, config_yaml: str, info: dict) -> "RunFolder":
+        """Allocate the run id, then write config.yaml and run.json (status running), and show
+        them in checkpoints/, before the first step."""
+        run_id, folder, start_utc = allocate_run_dir()
+        info = {"id": run_id, "status": "running", **info, "start_utc": start_utc, "updated_utc": start_utc}
+        run = cls(run_id, folder, info)
+        write_text(folder / "config.yaml", f"# run {run_id}\n" + config_yaml, readonly=True)
+        run.write_info()
+        update_view(folder, start_utc, ("config.yaml", "run.json"))
+        return run
+
+    def log(self, message: str) -> None:
+        """Print a line and keep it in train.log."""
+        print(message, flush=True)
+        self.log_file.write(message + "\n")
+
+    def write_info(self, readonly: bool = False, **fields) -> None:
+        self.info.update(fields, updated_utc=utc_now())
+        write_json(self.folder / "run.json", self.info, readonly)
+
+    def write_metrics(self, rows: list[dict], readonly: bool = False) -> None:
+        """metrics.csv, whole, from rows (the lineage's rows first)."""
+        cols = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds")
+        lines = [",".join(cols)] + [",".join(_fmt(r[c]) for c in cols) for r in rows]
+        write_text(self.folder / "metrics.csv", "\n".join(lines) + "\n", readonly)
+
+    def finish(self, weights: Path, **fields) -> None:
+        """The run is finished once its weights and its final run.json are durable; then the
+        files are made read-only and checkpoints/ shows it (unless a later run took it)."""
+        os.chmod(weights, 0o444)
+        self.write_info(readonly=True, status="finished", end_utc=utc_now(),
+                        weights={"sha256": sha256_file(weights), "size": weights.stat().st_size}, **fields)
+        self.close()
+        for name in ("metrics.csv", "state.pt", "train.log", "curves.png"):
+            if (self.folder / name).exists():
+                os.chmod(self.folder / name, 0o444)
+        update_view(self.folder, self.info["start_utc"], VIEW_FILES)
+
+    def close(self, status: Optional[str] = None, **fields) -> None:
+        """Record a final status (failed, interrupted) unless finish() did, and let go of the lock."""
+        if status is not None:
+            self.write_info(status=status, end_utc=utc_now(), **fields)
+        if not self.log_file.closed:
+            self.log_file.close()
+        if self.lock.is_locked:
+            self.lock.release()
+            (self.folder / "lock").unlink(missing_ok=True)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    """metrics.csv rows as dicts of numbers ([] when there is none)."""
+    try:
+        lines = (folder / "metrics.csv").read_text().splitlines()
+    except OSError:
+        return []
+    cols = lines[0].split(",") if lines else []
+    return [{c: (int(v) if c == "epoch" else float(v)) for c, v in zip(cols, line.split(","))} for line in lines[1:]]
