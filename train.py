@@ -195,7 +195,9 @@ def finish(run: RunFolder, model: torch.nn.Module, cfg: Config, data, final: dic
     curves, then mark the run finished."""
     weights = run.folder / "model.safetensors"
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"run_id": run.id, "config": to_yaml(cfg), "data": json.dumps(dataclasses.asdict(data.info))}  # self-describing
+    # Self-describing: what rebuilds the model, and nothing run-specific, so the same
+    # experiment gives the same file (and sha256) whatever its run id or lineage.
+    meta = {"base_model": cfg.base_model, "dropout": str(cfg.dropout), "data": json.dumps(dataclasses.asdict(data.info))}
     fault_point("weights")
     atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata=meta))
     plot_curves(history, run.folder / "curves.png", title=f"run {run.id} ({cfg.base_model})")

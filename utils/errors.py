@@ -42,7 +42,7 @@ def run_main(main: Callable[[], int]) -> None:
         if debug:
             traceback.print_exc()
         msg = str(e) if isinstance(e, RunFailure) else f"{type(e).__name__}: {e}"
-        hint = "" if debug else " (TEMPLATE_DEBUG=1 shows the traceback)"
+        hint = "" if debug or isinstance(e, RunFailure) else " (TEMPLATE_DEBUG=1 shows the traceback)"
         print(f"error: {msg}{hint}", file=sys.stderr)
         code = 1
     sys.stdout.flush()

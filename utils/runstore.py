@@ -305,6 +305,8 @@ class RunFolder:
         """Record a final status (failed, interrupted) unless finish() did, and let go of the lock."""
         if status is not None:
             self.write_info(status=status, end_utc=utc_now(), **fields)
+            if not self.log_file.closed:
+                self.log_file.write(f"run {self.id}: {status}" + (f": {fields['error']}" if "error" in fields else "") + "\n")
         if not self.log_file.closed:
             self.log_file.close()
         if self.lock.is_locked:
