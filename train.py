@@ -195,9 +195,11 @@ def finish(run: RunFolder, model: torch.nn.Module, cfg: Config, data, final: dic
     curves, then mark the run finished."""
     weights = run.folder / "model.safetensors"
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    # Self-describing: what rebuilds the model, and nothing run-specific, so the same
-    # experiment gives the same file (and sha256) whatever its run id or lineage.
-    meta = {"base_model": cfg.base_model, "dropout": str(cfg.dropout), "data": json.dumps(dataclasses.asdict(data.info))}
+    # Self-describing: what rebuilds the model, and nothing run-specific, so the same experiment
+    # gives the same file (and sha256) whatever its run id. One key: safetensors writes the
+    # metadata map in hash order, which would make the bytes differ between runs.
+    meta = {"template": json.dumps({"base_model": cfg.base_model, "dropout": cfg.dropout,
+                                    "data": dataclasses.asdict(data.info)}, sort_keys=True)}
     fault_point("weights")
     atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata=meta))
     plot_curves(history, run.folder / "curves.png", title=f"run {run.id} ({cfg.base_model})")
