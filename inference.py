@@ -144,6 +144,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "(with --compare: a labelled folder of class sub-folders)")
     parser.add_argument("--compare", nargs="+", metavar="RUN", help="RUN_A [RUN_B]: A/B report; RUN_B defaults to the run resume selects")
     args = parse_args(parser, argv)
+    if args.compare:  # --compare A [B] also swallows the KEY=VALUE words after it
+        args.overrides += [w for w in args.compare if "=" in w]
+        args.compare = [w for w in args.compare if "=" not in w]
+        if not args.compare:
+            raise UsageError("--compare needs a run id: --compare RUN_A [RUN_B]")
     if args.list:
         print(format_table(list_runs()))
         return 0

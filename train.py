@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=N train.py ...            the same on N processes (DDP)
 """
 import dataclasses
+import importlib.util
 import json
 import platform
 from typing import Optional
@@ -112,6 +113,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if per_process != int(per_process):
         raise UsageError(f"batch_size: {cfg.batch_size} is not divisible by {dist.world_size()} processes x "
                          f"grad_accum_steps {cfg.grad_accum_steps}; choose a multiple of {dist.world_size() * cfg.grad_accum_steps}")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError("tensorboard: the tensorboard package is not installed; pip install tensorboard, or set tensorboard: false")
     set_determinism(cfg, device)
     data = build_data(cfg)
     if len(data.train) < cfg.batch_size:
@@ -134,7 +137,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     state = load_state(parent["id"]) if parent else None
     start = {"epoch": 0, "step": 0, "global_step": 0, "history": [],
-             "sums": {"loss_sum": torch.zeros(()), "count": 0, "seconds": 0.0}}
+             "sums": {"loss_sum": torch.zeros(()), "correct": torch.zeros((), dtype=torch.int64), "count": 0, "seconds": 0.0}}
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -169,7 +172,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         run = RunFolder.create(to_yaml(cfg, header=""), info)
         fault_point("started")
     run_id = dist.broadcast_object(run.id if run else None)
-    trainer = Trainer(cfg, model, net, optimizer, scheduler, scaler, train_loader, val_loader, device, run, start)
+    tb = None
+    if run is not None and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        tb = SummaryWriter(log_dir=str(run.folder / "tb"))
+    trainer = Trainer(cfg, model, net, optimizer, scheduler, scaler, train_loader, val_loader, device, run, start, tb)
     if run is not None:
         what = f"continuing run {parent['id']} from epoch {start['epoch'] + 1}, step {start['step']}" if parent else "new run"
         run.log(f"run {run_id}: {what}; {cfg.base_model} on {cfg.dataset} ({len(data.train)} train / "
@@ -186,6 +193,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             run.close("failed" if failed else "interrupted", **({"error": str(e)} if failed else {}))
         raise
     finally:
+        if tb is not None:
+            tb.close()
         dist.teardown()
     return 0
 
@@ -205,7 +214,7 @@ def finish(run: RunFolder, model: torch.nn.Module, cfg: Config, data, final: dic
     plot_curves(history, run.folder / "curves.png", title=f"run {run.id} ({cfg.base_model})")
     run.log(f"finished run {run.id}: val_acc {final['val_acc']:.4f}; weights in experiments/{run.id}/model.safetensors")
     fault_point("final")
-    run.finish(weights, metrics={k: final[k] for k in ("train_loss", "val_loss", "val_acc")})
+    run.finish(weights, metrics={k: final[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")})
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler, scaler: torch.amp.GradScaler, train_loader, val_loader, device: torch.device,
-                 run: Optional[RunFolder], start: dict):
+                 run: Optional[RunFolder], start: dict, tb=None):
         self.cfg, self.model, self.net = cfg, model, net  # net: model wrapped by DDP / compile
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.train_loader, self.val_loader, self.device, self.run = train_loader, val_loader, device, run
@@ -62,9 +62,10 @@ class Trainer:
         # Position in the run, and the running sums of the current epoch (restored from state.pt).
         self.epoch, self.step, self.global_step = start["epoch"], start["step"], start["global_step"]
         sums = start["sums"]
-        self.loss_sum = sums["loss_sum"].to(device)
+        self.loss_sum, self.correct = sums["loss_sum"].to(device), sums["correct"].to(device)
         self.count, self.seconds = sums["count"], sums["seconds"]
         self.history: list[dict] = start["history"]
+        self.tb = tb  # a TensorBoard SummaryWriter, or None
         self.stop_signal = 0
 
     # ------------------------------------------------------------ the loop
@@ -73,23 +74,28 @@ class Trainer:
         with self._signal_handlers():
             while self.epoch < self.cfg.epochs:
                 t0 = time.perf_counter()
-                train_loss = self.train_epoch()
+                train = self.train_epoch()
                 val = self.validate()
-                row = {"epoch": self.epoch + 1, "train_loss": train_loss, **val,
+                row = {"epoch": self.epoch + 1, **train, **val,
                        "lr": self.optimizer.param_groups[0]["lr"],
                        "seconds": round(self.seconds + time.perf_counter() - t0, 3)}
                 self.history.append(row)
                 self.epoch, self.step = self.epoch + 1, 0
                 self.loss_sum.zero_()
+                self.correct.zero_()
                 self.count, self.seconds = 0, 0.0
                 self.save_state()
+                if self.tb is not None:
+                    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+                        self.tb.add_scalar(key, row[key], row["epoch"])
+                    self.tb.flush()
                 self._log(f"epoch {row['epoch']}/{self.cfg.epochs}  train_loss {row['train_loss']:.4f}  "
                           f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
                           f"lr {row['lr']:.2e}  {row['seconds']:.1f}s")
         return self.history[-1]
 
-    def train_epoch(self) -> float:
-        """The rest of epoch self.epoch from step self.step; returns its mean train loss."""
+    def train_epoch(self) -> dict:
+        """The rest of epoch self.epoch from step self.step; returns its train loss and accuracy."""
         cfg, accum = self.cfg, self.cfg.grad_accum_steps
         steps = self.sampler.steps_per_epoch()
         self.sampler.set_epoch(self.epoch, self.step)
@@ -106,9 +112,11 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync()
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    loss = F.cross_entropy(self.net(x), y)
+                    logits = self.net(x)  # (B, classes)
+                    loss = F.cross_entropy(logits, y)
                 self.scaler.scale(loss / accum).backward()
             self.loss_sum += loss.detach().float() * len(y)  # no .item(): no host sync per step
+            self.correct += (logits.detach().argmax(1) == y).sum()
             self.count += len(y)
             if not last:
                 continue
@@ -133,8 +141,9 @@ class Trainer:
         bar.close()
         self.seconds += time.perf_counter() - t0
         self._check_finite()
-        loss_sum, count = dist.all_reduce_sum(self.loss_sum.clone()), dist.all_reduce_sum(torch.tensor(self.count, device=self.device))
-        return float(loss_sum) / max(1, int(count))
+        count = int(dist.all_reduce_sum(torch.tensor(self.count, device=self.device)))
+        loss_sum, correct = (dist.all_reduce_sum(t.clone()) for t in (self.loss_sum, self.correct))
+        return {"train_loss": float(loss_sum) / max(1, count), "train_acc": int(correct) / max(1, count)}
 
     def validate(self) -> dict:
         out = evaluate(self.net, self.val_loader, self.device, self.amp_dtype, self.cfg.channels_last)
@@ -153,7 +162,8 @@ class Trainer:
             "epoch": self.epoch,            # the epoch in progress (0-based)
             "step": self.step,              # optimizer steps done in it
             "global_step": self.global_step,
-            "sums": {"loss_sum": self.loss_sum.detach().cpu(), "count": self.count, "seconds": self.seconds},
+            "sums": {"loss_sum": self.loss_sum.detach().cpu(), "correct": self.correct.cpu(), "count": self.count,
+                     "seconds": self.seconds},
             "history": self.history,        # metrics rows of the finished epochs, lineage included
             "world_size": dist.world_size(),
             "rng": dist.gather_objects(rng_state()),  # one entry per process
@@ -170,7 +180,7 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         self.run.write_info(epochs_done=self.epoch, steps_done=self.global_step,
                             state={"epoch": self.epoch, "step": self.step},
-                            metrics={k: last[k] for k in ("train_loss", "val_loss", "val_acc") if k in last})
+                            metrics={k: last[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in last})
 
     # ------------------------------------------------------------ stopping
     def _check_finite(self) -> None:

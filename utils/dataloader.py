@@ -163,7 +163,7 @@ def _fake(cfg: Config) -> tuple[TensorSource, DataInfo]:
     return TensorSource(normalise(torch.stack(xs), info), torch.tensor(ys), list(range(len(ys)))), info
 
 
-def _folder_samples(root: Path) -> tuple[list, list]:
+def folder_samples(root: Path) -> tuple[list, list]:
     from torchvision.datasets import ImageFolder
 
     try:
@@ -203,8 +203,8 @@ def build_data(cfg: Config) -> Data:
         size = cfg.image_size or 64
         info = DataInfo([], 3, size, *_mean_std(cfg, 3))
         if (root / "train").is_dir() and (root / "val").is_dir():
-            classes, train_samples = _folder_samples(root / "train")
-            val_classes, val_samples = _folder_samples(root / "val")
+            classes, train_samples = folder_samples(root / "train")
+            val_classes, val_samples = folder_samples(root / "val")
             if val_classes != classes:
                 raise UsageError(f"data_dir: {root}/val has classes {val_classes}, train/ has {classes}; make them equal")
             info.class_names = classes
@@ -213,7 +213,7 @@ def build_data(cfg: Config) -> Data:
             val_src = FileSource(val_samples, info, rel[len(train_samples):])
             train, val = SplitSet(train_src, list(range(len(train_src)))), SplitSet(val_src, list(range(len(val_src))))
             return Data(train, val, info, _hash_ids(cfg.dataset, val_src.ids), train_src.ids, val_src.ids)
-        classes, samples = _folder_samples(root)
+        classes, samples = folder_samples(root)
         info.class_names = classes
         source = FileSource(samples, info, [str(Path(p).relative_to(root)) for p, _ in samples])
     elif cfg.dataset == "fake":

@@ -285,7 +285,7 @@ class RunFolder:
 
     def write_metrics(self, rows: list[dict], readonly: bool = False) -> None:
         """metrics.csv, whole, from rows (the lineage's rows first)."""
-        cols = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds")
+        cols = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
         lines = [",".join(cols)] + [",".join(_fmt(r[c]) for c in cols) for r in rows]
         write_text(self.folder / "metrics.csv", "\n".join(lines) + "\n", readonly)
 

@@ -1,0 +1,242 @@
+"""A/B comparison of two runs on exactly the same samples (inference.py --compare)."""
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from train import evaluate
+from train.setup import resolve_device
+from utils.config import KEYS, Config
+from utils.dataloader import EvalBatchSampler, FileSource, SplitSet, build_data, folder_samples, make_loader
+from utils.errors import UsageError
+from utils.runstore import find_run, write_json, write_text
+
+BOOTSTRAP_SAMPLES = 2000
+
+
+def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
+    """McNemar's exact test on paired correctness: b = only A right, c = only B right."""
+    from scipy.stats import binomtest
+
+    b = int((a_correct & ~b_correct).sum())
+    c = int((~a_correct & b_correct).sum())
+    p = 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
+    return {"only_a_right": b, "only_b_right": c, "p_value": p}
+
+
+def bootstrap_diff(a_correct: np.ndarray, b_correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """Paired bootstrap 95% interval of accuracy(B) - accuracy(A), seeded."""
+    n = len(a_correct)
+    idx = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
+    diffs = b_correct[idx].mean(1) - a_correct[idx].mean(1)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def reading(test: dict, a: str, b: str) -> str:
+    """One sentence that says what the p-value means."""
+    p, nb, nc = test["p_value"], test["only_a_right"], test["only_b_right"]
+    if nb + nc == 0:
+        return "The two runs are right on exactly the same samples; there is no evidence of a difference (p = 1)."
+    better = b if nc > nb else a
+    if p < 0.05:
+        return f"{better} is right more often on the samples where they disagree, and this is unlikely to be chance (p = {p:.3g} < 0.05)."
+    return f"The difference in accuracy could well be chance (p = {p:.3g} >= 0.05); more samples would be needed to tell them apart."
+
+
+def _samples(a, b, input_path: Optional[str]) -> tuple[SplitSet, SplitSet, list, str]:
+    """The same samples as each run sees them (own preprocessing): B's validation split, or a
+    labelled folder. Refuses samples that A trained on."""
+    if input_path:
+        root = Path(input_path).expanduser().resolve()
+        if not root.is_dir():
+            raise UsageError(f"--input: '{input_path}' is not a folder; with --compare give a folder of class sub-folders")
+        classes, samples = folder_samples(root)
+        if classes != b.info.class_names:
+            raise UsageError(f"--input: the folder's classes {classes} differ from the runs' {b.info.class_names}")
+        ids = [str(Path(p)) for p, _ in samples]
+        a_train = _training_files(a.cfg)
+        overlap = sorted(set(ids) & a_train)
+        if overlap:
+            raise UsageError(f"--compare: {len(overlap)} of these samples are in run {a.run['id']}'s training data "
+                             f"(e.g. {overlap[0]}); compare on held-out samples")
+        sets = [SplitSet(FileSource(samples, lr.info, ids), list(range(len(samples)))) for lr in (a, b)]
+        return sets[0], sets[1], ids, f"the labelled folder {root}"
+    data_b = build_data(b.cfg)
+    if data_b.val_hash != b.run["val_hash"]:
+        raise UsageError(f"the validation split of run {b.run['id']} cannot be rebuilt (its data changed); compare with --input")
+    same_source = all(getattr(a.cfg, k) == getattr(b.cfg, k) for k in ("dataset", "data_dir", "fake_size")) and (
+        a.cfg.dataset != "fake" or a.cfg.split_seed == b.cfg.split_seed)
+    if not same_source:
+        raise UsageError(f"run {a.run['id']} was trained on other data ({a.cfg.dataset}) than run {b.run['id']} "
+                         f"({b.cfg.dataset}); compare them on a labelled folder with --input")
+    data_a = build_data(a.cfg)
+    overlap = set(data_b.val_ids) & set(data_a.train_ids)
+    if overlap:
+        raise UsageError(f"--compare: {len(overlap)} of run {b.run['id']}'s validation samples are in run {a.run['id']}'s "
+                         f"training data (split_seed {a.cfg.split_seed} vs {b.cfg.split_seed}); compare on held-out "
+                         "samples with --input")
+    position = {sid: i for i, sid in enumerate(data_a.val.source.ids)}
+    set_a = SplitSet(data_a.val.source, [position[sid] for sid in data_b.val_ids])
+    return set_a, data_b.val, data_b.val_ids, f"the validation split of {b.run['id']}"
+
+
+def _training_files(cfg: Config) -> set:
+    """Absolute paths of the files a run trained on (empty for in-memory data sets)."""
+    if cfg.dataset != "image_folder":
+        return set()
+    root = Path(cfg.data_dir).expanduser().resolve()
+    return {str(root / i) for i in build_data(cfg).train_ids}
+
+
+def _latency(model: torch.nn.Module, x: torch.Tensor, device: torch.device, repeats: int = 10) -> float:
+    """Median seconds per batch of a forward pass."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 2):
+            t0 = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times[2:]))
+
+
+def compare(a, b, input_path: Optional[str], device: torch.device) -> dict:
+    """The A/B report as a dict (and the arrays the picture needs)."""
+    from inference import amp_dtype, per_class_accuracy  # shared with inference.py
+
+    if a.info.class_names != b.info.class_names:
+        raise UsageError(f"--compare: the runs have different classes ({a.info.class_names} vs {b.info.class_names})")
+    set_a, set_b, ids, where = _samples(a, b, input_path)
+    outs = {}
+    for name, lr, dataset in (("A", a, set_a), ("B", b, set_b)):
+        loader = make_loader(dataset, EvalBatchSampler(len(dataset), lr.cfg.batch_size), 0, device.type == "cuda")
+        out = evaluate(lr.model, loader, device, amp_dtype(lr.cfg, device), lr.cfg.channels_last)
+        x, _ = dataset.__getitems__([(-1, p) for p in range(min(len(dataset), lr.cfg.batch_size))])
+        out["latency"] = _latency(lr.model, x.to(device), device)
+        outs[name] = out
+    target = outs["B"]["target"]
+    assert torch.equal(target, outs["A"]["target"]), "both runs see the same labels"
+    names = b.info.class_names
+    ca = (outs["A"]["pred"] == target).numpy()
+    cb = (outs["B"]["pred"] == target).numpy()
+    n = len(target)
+    test = mcnemar(ca, cb)
+    lo, hi = bootstrap_diff(ca, cb)
+    disagree = (outs["A"]["pred"] != outs["B"]["pred"]).numpy()
+    per_a = per_class_accuracy(outs["A"]["pred"], target, len(names))
+    per_b = per_class_accuracy(outs["B"]["pred"], target, len(names))
+    cfg_a, cfg_b = a.cfg.__dict__, b.cfg.__dict__
+    report = {
+        "a": a.run["id"], "b": b.run["id"], "samples": n, "evaluated_on": where, "device": str(device),
+        "accuracy": {"A": float(ca.mean()), "B": float(cb.mean())},
+        "loss": {"A": float(outs["A"]["loss_sum"]) / n, "B": float(outs["B"]["loss_sum"]) / n},
+        "per_class": [{"class": c, "A": pa, "B": pb, "delta": None if pa is None or pb is None else pb - pa}
+                      for c, pa, pb in zip(names, per_a, per_b)],
+        "disagreements": {"count": int(disagree.sum()), "A_right": int((disagree & ca).sum()),
+                          "B_right": int((disagree & cb).sum()), "neither": int((disagree & ~ca & ~cb).sum())},
+        "mcnemar": test, "reading": reading(test, a.run["id"], b.run["id"]),
+        "accuracy_diff_B_minus_A": {"value": float(cb.mean() - ca.mean()), "ci95": [lo, hi],
+                                    "bootstrap_samples": BOOTSTRAP_SAMPLES, "seed": 0},
+        "params": {"A": sum(p.numel() for p in a.model.parameters()), "B": sum(p.numel() for p in b.model.parameters())},
+        "latency_s_per_batch": {"A": outs["A"]["latency"], "B": outs["B"]["latency"]},
+        "config_diff": {k: {"A": cfg_a[k], "B": cfg_b[k]} for k in KEYS if k != "resume" and cfg_a[k] != cfg_b[k]},
+        "model_source_changed": a.run.get("model_source_sha256") != b.run.get("model_source_sha256"),
+    }
+    return report, outs, target
+
+
+def to_markdown(r: dict) -> str:
+    a, b = r["a"], r["b"]
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    lines = [f"# A/B: {a} (A) vs {b} (B)", "",
+             f"{r['samples']} samples: {r['evaluated_on']}, on {r['device']}, each run with its own preprocessing.", "",
+             "| | A | B |", "| --- | --- | --- |",
+             f"| accuracy | {pct(r['accuracy']['A'])} | {pct(r['accuracy']['B'])} |",
+             f"| loss | {r['loss']['A']:.4f} | {r['loss']['B']:.4f} |",
+             f"| parameters | {r['params']['A']:,} | {r['params']['B']:,} |",
+             f"| latency per batch | {1000 * r['latency_s_per_batch']['A']:.2f} ms | {1000 * r['latency_s_per_batch']['B']:.2f} ms |",
+             "", "| class | A | B | delta (B - A) |", "| --- | --- | --- | --- |"]
+    delta = lambda v: "-" if v is None else f"{100 * v:+.2f}"  # noqa: E731
+    lines += [f"| {c['class']} | {pct(c['A'])} | {pct(c['B'])} | {delta(c['delta'])} |" for c in r["per_class"]]
+    d, t, ci = r["disagreements"], r["mcnemar"], r["accuracy_diff_B_minus_A"]
+    lines += ["", f"They disagree on {d['count']} samples: A right on {d['A_right']}, B right on {d['B_right']}, "
+              f"neither on {d['neither']}.",
+              f"McNemar's exact test: {t['only_a_right']} samples only A got right, {t['only_b_right']} only B; "
+              f"p = {t['p_value']:.4g}. {r['reading']}",
+              f"Accuracy difference B - A: {100 * ci['value']:+.2f} points, 95% paired bootstrap interval "
+              f"[{100 * ci['ci95'][0]:+.2f}, {100 * ci['ci95'][1]:+.2f}].", ""]
+    if r["config_diff"]:
+        lines += ["Config keys that differ:", ""] + [f"- `{k}`: A {v['A']!r}, B {v['B']!r}" for k, v in r["config_diff"].items()]
+    else:
+        lines += ["The two configs are the same (apart from resume)."]
+    lines += ["", "The model class source " + ("changed between the runs." if r["model_source_changed"] else "is the same in both runs.")]
+    return "\n".join(lines) + "\n"
+
+
+def plot_compare(r: dict, outs: dict, target: torch.Tensor, names: list, history: dict, path: Path) -> None:
+    """Confusion matrices side by side, and both runs' training curves."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.runstore import atomic_write
+
+    k = len(names)
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
+    for ax, key in zip(axes[:2], ("A", "B")):
+        cm = torch.bincount(target * k + outs[key]["pred"], minlength=k * k).view(k, k).numpy()
+        ax.imshow(cm, cmap="Blues")
+        ax.set(title=f"{key}: {r[key.lower()]} ({100 * r['accuracy'][key]:.2f}%)", xlabel="predicted", ylabel="true",
+               xticks=range(k), yticks=range(k))
+        if k <= 20:
+            ax.set_xticklabels(names, rotation=90)
+            ax.set_yticklabels(names)
+            for i in range(k):
+                for j in range(k):
+                    if cm[i, j]:
+                        ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7)
+    for key, style in (("A", "--"), ("B", "-")):
+        rows = history[key]
+        epochs = [row["epoch"] for row in rows]
+        axes[2].plot(epochs, [row["val_loss"] for row in rows], style, label=f"{key} val")
+        axes[2].plot(epochs, [row["train_loss"] for row in rows], style, alpha=0.5, label=f"{key} train")
+        axes[3].plot(epochs, [row["val_acc"] for row in rows], style, label=key)
+    axes[2].set(title="loss", xlabel="epoch")
+    axes[3].set(title="validation accuracy", xlabel="epoch")
+    for ax in axes[2:]:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+
+
+def compare_main(cfg: Config, runs: list[str], input_path: Optional[str]) -> int:
+    """inference.py --compare A [B]: print the report, write .md, .json and .png under B's inference/."""
+    from inference import load_run, select_run
+    from utils.runstore import read_metrics
+
+    if len(runs) > 2:
+        raise UsageError(f"--compare takes one or two run ids, got {len(runs)}")
+    device = resolve_device(cfg.inference_device, "inference_device")
+    run_a = find_run(runs[0], "--compare", lambda r: r.get("status") == "finished", "that finished")
+    run_b = select_run(runs[1] if len(runs) > 1 else cfg.resume, "--compare" if len(runs) > 1 else "resume")
+    if run_a.get("status") != "finished":
+        raise UsageError(f"--compare: run {run_a['id']} has no final weights (status {run_a.get('status')}); pick a finished run")
+    a, b = load_run(run_a, device), load_run(run_b, device)
+    report, outs, target = compare(a, b, input_path, device)
+    md = to_markdown(report)
+    print(md)
+    out_dir = b.folder / "inference"
+    out_dir.mkdir(exist_ok=True)
+    stem = out_dir / f"compare_{a.run['id']}_vs_{b.run['id']}"
+    write_text(stem.with_suffix(".md"), md)
+    write_json(stem.with_suffix(".json"), report)
+    plot_compare(report, outs, target, b.info.class_names,
+                 {"A": read_metrics(a.folder), "B": read_metrics(b.folder)}, stem.with_suffix(".png"))
+    print(f"wrote {stem}.md, .json and .png")
+    return 0
