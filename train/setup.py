@@ -54,7 +54,13 @@ def set_determinism(cfg: Config, device: torch.device) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
         torch.backends.cudnn.benchmark = False
         # warn_only on CUDA: an op without a deterministic kernel warns (naming itself) rather than failing.
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        warn_only = device.type == "cuda"
+        if cfg.compile:
+            torch.use_deterministic_algorithms(True, warn_only=warn_only)
+        else:
+            # The public call also sets torch._inductor's flag, and importing inductor costs ~2 s
+            # of start-up; without torch.compile only the ATen flag matters.
+            torch._C._set_deterministic_algorithms(True, warn_only=warn_only)
     else:
         torch.backends.cudnn.benchmark = device.type == "cuda"
 
