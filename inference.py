@@ -158,8 +158,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         return compare_main(cfg, args.compare, args.input)
     device = resolve_device(cfg.inference_device, "inference_device")
     lr = load_run(select_run(cfg.resume), device)
-    if args.input:
-        rows = predict_files(lr, Path(args.input), device)
+    try:
+        return infer(lr, args.input, device)
+    except OSError as e:
+        raise RunFailure(f"cannot write under {lr.folder}/inference ({e.strerror}); make experiments/ writable") from None
+
+
+def infer(lr: LoadedRun, input_path: Optional[str], device: torch.device) -> int:
+    """Predict on image files (input_path), or evaluate the run's validation split."""
+    if input_path:
+        rows = predict_files(lr, Path(input_path), device)
         out_dir = lr.folder / "inference"
         out_dir.mkdir(exist_ok=True)
         write_text(out_dir / "predictions.csv", to_csv(("path", "predicted", "confidence"), rows))

@@ -43,9 +43,10 @@ def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
     parent = find_run(cfg.resume, "resume", lambda r: (EXPERIMENTS / r["id"] / "state.pt").exists(), "with saved state")
     if parent["status"] == "running":
         raise UsageError(f"resume: run {parent['id']} is still running; wait for it to end or stop it first")
-    try:
-        parent_cfg = build_config(read_yaml(EXPERIMENTS / parent["id"] / "config.yaml"))
-    except UsageError as e:
+    config_file = EXPERIMENTS / parent["id"] / "config.yaml"
+    try:  # run.json keeps the config too, for a run killed before it wrote config.yaml
+        parent_cfg = build_config(read_yaml(config_file) if config_file.exists() else parent["config"])
+    except (UsageError, KeyError) as e:
         raise UsageError(f"resume: the config of run {parent['id']} is unusable ({e})") from None
     done = parent.get("epochs_done", 0)
     if cfg.epochs <= done:
@@ -162,7 +163,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     run = None
     if dist.is_main():
-        info = {"parent": {"id": parent["id"], "epoch": start["epoch"], "step": start["step"]} if parent else None,
+        info = {"config": dataclasses.asdict(cfg),
+                "parent": {"id": parent["id"], "epoch": start["epoch"], "step": start["step"]} if parent else None,
                 "init_from": init["id"] if init else None, "model": cfg.base_model, "epochs": cfg.epochs,
                 "epochs_done": start["epoch"], "steps_done": start["global_step"],
                 "class_names": data.info.class_names, "data": data_fields(data.info) | {"dataset": cfg.dataset},
@@ -191,6 +193,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         if run is not None and run.info["status"] == "running":
             failed = not isinstance(e, KeyboardInterrupt)
             run.close("failed" if failed else "interrupted", **({"error": str(e)} if failed else {}))
+        if isinstance(e, OSError) and run is not None:
+            raise RunFailure(f"could not write to run {run.id} ({e.strerror}: {e.filename}); the run is marked failed and "
+                             f"other runs are untouched. Free space or fix permissions, then continue it: "
+                             f"python train.py resume={run.id}") from e
         raise
     finally:
         if tb is not None:

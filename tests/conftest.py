@@ -43,6 +43,11 @@ class Project:
     def info(self, run_id: str) -> dict:
         return json.loads((self.experiments / run_id / "run.json").read_text())
 
+    def status(self, run_id: str) -> str:
+        """The live status, as --list shows it (killed for a dead 'running' run)."""
+        from utils.runstore import read_run
+        return read_run(self.experiments / run_id)["status"]
+
     def snapshot(self) -> dict:
         """sha256 of every file under experiments/ and checkpoints/ (the bytes a run owns)."""
         out = {}

@@ -1,4 +1,5 @@
 """Exit statuses of the contract and the one place that turns exceptions into them."""
+import errno
 import os
 import signal
 import sys
@@ -50,13 +51,17 @@ def run_main(main: Callable[[], int]) -> None:
 
 
 def fault_point(name: str) -> None:
-    """TEMPLATE_FAULT=<name>[:<n>] makes the process SIGKILL itself the n-th time (default the
-    first) it reaches the named point; the crash-safety tests use it."""
+    """TEMPLATE_FAULT=<name>[:<n>[:enospc]] makes the process SIGKILL itself (or, with enospc,
+    fail a write with 'No space left on device') the n-th time (default the first) it reaches
+    the named point. The crash-safety tests use it; unset, it costs one dict lookup."""
     spec = os.environ.get("TEMPLATE_FAULT")
     if not spec or spec.split(":")[0] != name:
         return
+    parts = spec.split(":")
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] >= int(spec.split(":")[1] if ":" in spec else 1):
+    if _hits[name] == int(parts[1] if len(parts) > 1 else 1):
+        if len(parts) > 2 and parts[2] == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"<fault point {name}>")
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from filelock import FileLock, Timeout
 
 from utils.config import ROOT
-from utils.errors import UsageError
+from utils.errors import RunFailure, UsageError, fault_point
 
 EXPERIMENTS = ROOT / "experiments"
 CHECKPOINTS = ROOT / "checkpoints"
@@ -52,6 +52,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], readonly: bool = Fal
             os.close(fd)
         if readonly:
             os.chmod(tmp, 0o444)
+        fault_point("replace")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -115,18 +116,21 @@ def recent_ids_hint(n: int = 5) -> str:
 def allocate_run_dir(experiments: Path = EXPERIMENTS) -> tuple[str, Path, str]:
     """Create experiments/<local start time>[_N]/ and return (id, folder, start time in UTC).
     mkdir is atomic, so two processes started in the same second get two folders."""
-    experiments.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now()
-    base = now.strftime("%Y-%m-%d_%H-%M-%S")
-    with FileLock(experiments / STORE_LOCK):
-        for n in range(1, 10_000):
-            run_id = base if n == 1 else f"{base}_{n}"
-            try:
-                (experiments / run_id).mkdir()
-            except FileExistsError:
-                continue
-            return run_id, experiments / run_id, utc_now()
-    raise RuntimeError(f"could not allocate a run folder for {base}")
+    base = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    try:
+        experiments.mkdir(parents=True, exist_ok=True)
+        with FileLock(experiments / STORE_LOCK):
+            for n in range(1, 10_000):
+                run_id = base if n == 1 else f"{base}_{n}"
+                try:
+                    (experiments / run_id).mkdir()
+                except FileExistsError:
+                    continue
+                return run_id, experiments / run_id, utc_now()
+    except OSError as e:
+        raise RunFailure(f"cannot create a run folder in {experiments}: {e.strerror}; make it writable "
+                         "(other runs are untouched)") from None
+    raise RunFailure(f"could not allocate a run folder for {base}")
 
 
 # ---------------------------------------------------------------- reading runs
@@ -139,6 +143,10 @@ def read_run(folder: Path) -> Optional[dict]:
         return None
     if info.get("status") == "running" and not is_locked(folder):
         info["status"] = "killed"
+    elif info.get("status") == "finished":
+        weights = folder / "model.safetensors"  # the size only: hashing is for loading, --list stays fast
+        if not weights.exists() or weights.stat().st_size != (info.get("weights") or {}).get("size"):
+            info["status"] = "damaged"
     return info
 
 
@@ -205,6 +213,8 @@ def update_view(folder: Path, start_utc: str, files: tuple) -> bool:
     earlier than the one shown never replaces it. Returns whether the view was updated."""
     CHECKPOINTS.mkdir(exist_ok=True)
     with FileLock(EXPERIMENTS / STORE_LOCK):
+        for stale in CHECKPOINTS.glob(".*.tmp"):  # left by a process killed mid-update
+            stale.unlink(missing_ok=True)
         shown = shown_run()
         if shown and shown.get("id") != folder.name and shown.get("start_utc", "") > start_utc:
             return False
@@ -216,6 +226,7 @@ def update_view(folder: Path, start_utc: str, files: tuple) -> bool:
         for name in files:
             if name != "run.json":
                 link_or_copy(folder / name, CHECKPOINTS / name)
+                fault_point("view")
         link_or_copy(folder / "run.json", CHECKPOINTS / "run.json")
         fsync_dir(CHECKPOINTS)
     return True
@@ -264,20 +275,22 @@ class RunFolder:
 
     @classmethod
     def create(cls, config_yaml: str, info: dict) -> "RunFolder":
-        """Allocate the run id, then write config.yaml and run.json (status running), and show
+        """Allocate the run id, then write run.json (status running; it holds the config too, so a
+        run killed before config.yaml exists can still be continued) and config.yaml, and show
         them in checkpoints/, before the first step."""
         run_id, folder, start_utc = allocate_run_dir()
         info = {"id": run_id, "status": "running", **info, "start_utc": start_utc, "updated_utc": start_utc}
         run = cls(run_id, folder, info)
-        write_text(folder / "config.yaml", f"# run {run_id}\n" + config_yaml, readonly=True)
         run.write_info()
+        write_text(folder / "config.yaml", f"# run {run_id}\n" + config_yaml, readonly=True)
         update_view(folder, start_utc, ("config.yaml", "run.json"))
         return run
 
     def log(self, message: str) -> None:
         """Print a line and keep it in train.log."""
         print(message, flush=True)
-        self.log_file.write(message + "\n")
+        if not self.log_file.closed:
+            self.log_file.write(message + "\n")
 
     def write_info(self, readonly: bool = False, **fields) -> None:
         self.info.update(fields, updated_utc=utc_now())
@@ -295,6 +308,7 @@ class RunFolder:
         os.chmod(weights, 0o444)
         self.write_info(readonly=True, status="finished", end_utc=utc_now(),
                         weights={"sha256": sha256_file(weights), "size": weights.stat().st_size}, **fields)
+        fault_point("finished")
         self.close()
         for name in ("metrics.csv", "state.pt", "train.log", "curves.png"):
             if (self.folder / name).exists():
@@ -304,7 +318,10 @@ class RunFolder:
     def close(self, status: Optional[str] = None, **fields) -> None:
         """Record a final status (failed, interrupted) unless finish() did, and let go of the lock."""
         if status is not None:
-            self.write_info(status=status, end_utc=utc_now(), **fields)
+            try:
+                self.write_info(status=status, end_utc=utc_now(), **fields)
+            except OSError:  # e.g. the disk is full: run.json keeps saying running -> shown as killed
+                pass
             if not self.log_file.closed:
                 self.log_file.write(f"run {self.id}: {status}" + (f": {fields['error']}" if "error" in fields else "") + "\n")
         if not self.log_file.closed:
