@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import json
 import platform
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -30,7 +31,7 @@ from utils.config import MACHINE_KEYS, Config, build_config, load_config, make_p
 from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, data_fields, make_loader
 from utils.errors import RunFailure, UsageError, fault_point, run_main
 from utils.plots import plot_curves
-from utils.runstore import EXPERIMENTS, RunFolder, atomic_write, find_run, format_table, list_runs
+from utils.runstore import EXPERIMENTS, RunFolder, atomic_write, find_run, format_table, list_runs, read_run
 
 
 def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
@@ -40,7 +41,7 @@ def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
         return None, cfg, []
     if cfg.init_from is not None:
         raise UsageError("init_from: cannot be combined with resume; set one of them to null")
-    parent = find_run(cfg.resume, "resume", lambda r: (EXPERIMENTS / r["id"] / "state.pt").exists(), "with saved state")
+    parent = find_run(cfg.resume, "resume", lambda r: state_path(r["id"]) is not None, "with saved state")
     if parent["status"] == "running":
         raise UsageError(f"resume: run {parent['id']} is still running; wait for it to end or stop it first")
     config_file = EXPERIMENTS / parent["id"] / "config.yaml"
@@ -49,7 +50,7 @@ def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
     except (UsageError, KeyError) as e:
         raise UsageError(f"resume: the config of run {parent['id']} is unusable ({e})") from None
     done = parent.get("epochs_done", 0)
-    if cfg.epochs <= done:
+    if cfg.epochs < done or (cfg.epochs == done and parent["status"] == "finished"):
         raise UsageError(f"epochs: run {parent['id']} has done {done} epochs ({parent['status']}); "
                          f"to continue it set epochs above {done}, e.g. epochs={done + 5}")
     values = dataclasses.asdict(parent_cfg)
@@ -67,10 +68,23 @@ def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
     return parent, child, notes
 
 
-def load_state(run_id: str) -> Optional[dict]:
-    """A run's state.pt, loaded safely (weights_only=True), or None when it saved none."""
-    path = EXPERIMENTS / run_id / "state.pt"
-    if not path.exists():
+def state_path(run_id: str) -> Optional[Path]:
+    """The state a run would continue from: its state.pt, or, for a continuation killed before
+    its first save, the state its parent left (and so on up the lineage); None: from step 0."""
+    for _ in range(10_000):  # a lineage is finite; the bound guards against a hand-edited loop
+        path = EXPERIMENTS / run_id / "state.pt"
+        if path.exists():
+            return path
+        parent = (read_run(EXPERIMENTS / run_id) or {}).get("parent")
+        if not parent:
+            return None
+        run_id = parent["id"]
+    return None
+
+
+def load_state(path: Optional[Path]) -> Optional[dict]:
+    """A state.pt loaded safely (weights_only=True); None for None."""
+    if path is None:
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -136,7 +150,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     scheduler = build_scheduler(cfg, optimizer, sampler.steps_per_epoch())
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
-    state = load_state(parent["id"]) if parent else None
+    state = load_state(state_path(parent["id"])) if parent else None
     start = {"epoch": 0, "step": 0, "global_step": 0, "history": [],
              "sums": {"loss_sum": torch.zeros(()), "correct": torch.zeros((), dtype=torch.int64), "count": 0, "seconds": 0.0}}
     if state is not None:
@@ -196,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if isinstance(e, OSError) and run is not None:
             raise RunFailure(f"could not write to run {run.id} ({e.strerror}: {e.filename}); the run is marked failed and "
                              f"other runs are untouched. Free space or fix permissions, then continue it: "
-                             f"python train.py resume={run.id}") from e
+                             f"python train.py resume={run.id} epochs={cfg.epochs}") from e
         raise
     finally:
         if tb is not None:

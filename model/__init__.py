@@ -3,6 +3,7 @@
 Every class takes (in_channels, num_classes, image_size, dropout, pretrained) and returns
 logits of shape (B, num_classes).
 """
+from model.mlp import MLP
 from model.resnet import ResNet18, ResNet50
 from model.small_cnn import SmallCNN
 
@@ -10,4 +11,5 @@ model_dict = {
     "small_cnn": SmallCNN,
     "resnet18": ResNet18,
     "resnet50": ResNet50,
+    "mlp": MLP,
 }

@@ -13,19 +13,23 @@ import pytest
 from tests.conftest import copy_project
 
 ARGS = ("epochs=2", "batch_size=128")  # 11 steps an epoch: short runs, every save path taken
-# (TEMPLATE_FAULT value, the status it leaves, what the process was doing when killed)
-FAULT_POINTS = [
-    ("started", "killed", "just after creating its folder, run.json and config.yaml"),
-    ("replace:2", "killed", "inside the first save: config.yaml written and fsynced, not yet moved into place"),
-    ("view:1", "killed", "between the link steps of the start-up checkpoints/ update"),
-    ("save:1", "killed", "before writing state.pt at the end of epoch 1"),
-    ("replace:3", "killed", "inside the state.pt save: temporary file written, not yet moved into place"),
-    ("save:2", "killed", "before the last state.pt"),
-    ("weights", "killed", "before writing model.safetensors"),
-    ("final", "killed", "after the weights, before the final run.json"),
-    ("finished", "finished", "after the final run.json, before the checkpoints/ update"),
-    ("view:2", "finished", "between the link steps of the final checkpoints/ update (config linked)"),
-    ("view:3", "finished", "between the link steps of the final checkpoints/ update (weights linked, run.json not)"),
+# Fault points a run is killed at, in the order one lineage meets them: each process continues
+# the run the previous one left killed, so every kill is followed by a continuation.
+CHAIN = [
+    ("started", "just after creating its folder, run.json and config.yaml"),
+    ("replace:2", "inside a write: config.yaml written and fsynced, not yet moved into place"),
+    ("view:1", "between the link steps of the start-up checkpoints/ update"),
+    ("save:1", "before writing state.pt at the end of epoch 1"),
+    ("replace:3", "inside the state.pt save: temporary file written, not yet moved into place"),
+    ("save:2", "before the end-of-epoch-2 state.pt (the one of epoch 1 is saved)"),
+    ("weights", "before writing model.safetensors"),
+    ("final", "after the weights, before the final run.json"),
+]
+# Points after which the run is finished: a new run each.
+AFTER_FINISH = [
+    ("finished", "after the final run.json, before the checkpoints/ update"),
+    ("view:2", "between the link steps of the final checkpoints/ update (config linked)"),
+    ("view:3", "between the link steps of the final checkpoints/ update (weights linked, run.json not)"),
 ]
 
 
@@ -51,66 +55,80 @@ def check_view(project) -> None:
         assert (ck / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     if info["status"] == "finished":
         assert (ck / "model.safetensors").stat().st_size == info["weights"]["size"]
-    assert not list(ck.glob(".*.tmp")) or info["status"] != "finished"
 
 
-def continue_all(project, killed: list[str]) -> None:
-    """Continue every killed run to its end (runs killed after finishing have nothing left)."""
-    for run_id in killed:
-        if project.status(run_id) == "finished":
-            continue
-        r = project.run("train.py", f"resume={run_id}")
-        assert r.returncode == 0, (run_id, r.stderr[-2000:])
-        assert r.stdout.splitlines()[0].startswith("run ") and f"continuing run {run_id}" in r.stdout
+def after_kill(project, before: dict) -> None:
+    """What must hold after any kill: finished runs keep their bytes, the view is consistent."""
+    after = finished_files(project)
+    assert {k: after[k] for k in before} == before, "a finished run changed"
+    check_view(project)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
+    """A project with one finished run; its weights' sha256 is what every lineage must end with."""
     project = copy_project(tmp_path_factory.mktemp("crash") / "proj")
     base = project.train(*ARGS)
-    return project, base
+    return project, base, project.info(base)["weights"]["sha256"]
+
+
+def new_run(project, ids_before: set) -> str | None:
+    new = [r for r in set(project.run_ids()) - ids_before if (project.experiments / r / "run.json").exists()]
+    assert len(new) <= 1
+    return new[0] if new else None
 
 
 def test_sigkill_at_every_fault_point(store):
-    project, base = store
-    killed = []
-    for point, expected, _ in FAULT_POINTS:
-        before = finished_files(project)
+    project, _, expected = store
+    current = None
+    for point, _ in CHAIN:
+        before, ids = finished_files(project), set(project.run_ids())
+        resume = (f"resume={current}",) if current else ()
+        r = project.run("train.py", *ARGS, *resume, env={"TEMPLATE_FAULT": point})
+        assert r.returncode == -signal.SIGKILL, (point, r.stderr[-1500:])
+        after_kill(project, before)
+        current = new_run(project, ids)
+        assert project.status(current) == "killed", point
+    r = project.run("inference.py", "inference_device=cpu")  # resume: null still works
+    assert r.returncode == 0 and "val_acc" in r.stdout, r.stderr
+    last = project.train(f"resume={current}", *ARGS)  # epochs comes from the command line, not the parent
+    assert project.info(last)["weights"]["sha256"] == expected, "8 kills later, the same weights"
+    for point, _ in AFTER_FINISH:
+        before, ids = finished_files(project), set(project.run_ids())
         r = project.run("train.py", *ARGS, env={"TEMPLATE_FAULT": point})
         assert r.returncode == -signal.SIGKILL, (point, r.stderr[-1500:])
-        (new,) = set(project.run_ids()) - set(killed) - {base}
-        killed.append(new)
-        after = finished_files(project)
-        assert {k: after[k] for k in before} == before, f"a finished run changed after a kill at {point}"
-        check_view(project)
-        status = project.status(new)
-        assert status == expected, (point, status)
-    r = project.run("inference.py", "inference_device=cpu")  # resume: null
+        after_kill(project, before)
+        run_id = new_run(project, ids)
+        assert project.status(run_id) == "finished" and project.info(run_id)["weights"]["sha256"] == expected
+    r = project.run("inference.py", "inference_device=cpu")
     assert r.returncode == 0, r.stderr
-    assert "val_acc" in r.stdout
-    continue_all(project, killed)
-    check_view(project)
 
 
 def test_random_sigkills(store):
-    project, _ = store
+    """10 SIGKILLs at random moments along lineages; each continuation resumes the killed run."""
+    project, _, expected = store
     rng = random.Random(1234)
-    killed = []
-    for _ in range(10):
-        before = finished_files(project)
-        ids = set(project.run_ids())
-        proc = project.popen("train.py", *ARGS, "checkpoint_every_steps=3")
-        time.sleep(rng.uniform(0.5, 6.0))  # start-up takes ~3 s, the run ~3 s more
+    current, kills = None, 0
+    while kills < 10:
+        before, ids = finished_files(project), set(project.run_ids())
+        resume = (f"resume={current}",) if current else ()
+        proc = project.popen("train.py", *ARGS, "checkpoint_every_steps=3", *resume)
+        time.sleep(rng.uniform(3.0, 7.0))  # start-up takes ~4 s, the run ~3 s more
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        after = finished_files(project)
-        assert {k: after[k] for k in before} == before
-        check_view(project)
-        new = set(project.run_ids()) - ids
-        killed += sorted(r for r in new if (project.experiments / r / "run.json").exists())
+        after_kill(project, before)
+        run_id = new_run(project, ids)
+        kills += proc.returncode == -signal.SIGKILL
+        if run_id and project.status(run_id) == "finished":  # a lineage complete: start another
+            assert project.info(run_id)["weights"]["sha256"] == expected
+            current = None
+        else:
+            current = run_id or current
     r = project.run("inference.py", "inference_device=cpu")
     assert r.returncode == 0, r.stderr
-    continue_all(project, killed)
+    if current:
+        last = project.train(f"resume={current}", *ARGS)
+        assert project.info(last)["weights"]["sha256"] == expected
 
 
 def test_two_runs_started_at_once_both_finish(project):

@@ -130,7 +130,7 @@ class Trainer:
                 self._check_finite()
                 bar.set_postfix(loss=f"{self.loss_sum.item() / self.count:.4f}")
             fault_point("step")
-            if self.stop_signal:
+            if self._stop_requested():
                 self.seconds += time.perf_counter() - t0
                 self._interrupt()
             every = cfg.checkpoint_every_steps
@@ -188,6 +188,17 @@ class Trainer:
             raise RunFailure(f"the training loss became {float(self.loss_sum)} in epoch {self.epoch + 1} near step "
                              f"{self.step}; lower lr (now {self.cfg.lr}) or check the data. The run is marked failed")
 
+    def _stop_requested(self) -> bool:
+        """Whether a signal asked to stop. Under DDP every process must stop at the same step, so
+        the flag is agreed with an all-reduce every 10 steps (a host sync, hence not every step)."""
+        if not dist.enabled():
+            return bool(self.stop_signal)
+        if self.step % 10:
+            return False
+        flag = dist.all_reduce_max(torch.tensor(self.stop_signal, device=self.device))
+        self.stop_signal = int(flag)
+        return bool(self.stop_signal)
+
     def _interrupt(self) -> None:
         """Save at this step boundary, mark the run interrupted, say how to continue, exit 130/143."""
         code = self.stop_signal
@@ -195,7 +206,7 @@ class Trainer:
         self.save_state()
         if self.run is not None:
             self.run.log(f"interrupted at epoch {self.epoch + 1}, step {self.step}; state saved. Continue with:\n"
-                         f"  python train.py resume={self.run.id}")
+                         f"  python train.py resume={self.run.id} epochs={self.cfg.epochs}")
             self.run.close("interrupted")
         raise Interrupted(code)
 

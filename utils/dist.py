@@ -49,6 +49,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if enabled():
+        td.all_reduce(t, op=td.ReduceOp.MAX)
+    return t
+
+
 def broadcast_object(obj):
     """rank 0's obj on every rank."""
     if not enabled():

@@ -1,0 +1,75 @@
+"""torchrun with DistributedDataParallel (gloo on CPU), mixed precision, accumulation, compile."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+# A model without BatchNorm or dropout and no augmentation: then the split of a global batch
+# across processes or micro-batches changes nothing but the order of float sums.
+EXACT = ("device=cpu", "base_model=mlp", "dropout=0", "augment=false", "epochs=2")
+
+
+def torchrun(project, nproc, *args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train.py", *args]
+    from tests.conftest import _env
+    return subprocess.run(cmd, cwd=project.root, env=_env({"OMP_NUM_THREADS": "1"}), capture_output=True, text=True, timeout=600)
+
+
+def weights(project, run_id):
+    return load_file(project.experiments / run_id / "model.safetensors")
+
+
+def max_diff(a, b):
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def test_two_processes_match_one(project):
+    single = project.train(*EXACT, env={"OMP_NUM_THREADS": "1"})
+    before = set(project.run_ids())
+    r = torchrun(project, 2, *EXACT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (ddp,) = set(project.run_ids()) - before
+    info = project.info(ddp)
+    assert info["status"] == "finished" and info["world_size"] == 2
+    assert max_diff(weights(project, single), weights(project, ddp)) < 1e-5
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in weights(project, ddp))
+    assert abs(info["metrics"]["val_acc"] - project.info(single)["metrics"]["val_acc"]) < 0.01
+    # inference on the DDP run, and its continuation under torchrun
+    r = project.run("inference.py", f"resume={ddp}", "inference_device=cpu")
+    assert r.returncode == 0, r.stderr
+    r = torchrun(project, 2, f"resume={ddp}", "epochs=3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (child,) = set(project.run_ids()) - before - {ddp}
+    assert project.info(child)["parent"]["id"] == ddp and project.info(child)["epochs_done"] == 3
+
+
+def test_batch_size_must_divide_across_processes(project):
+    r = torchrun(project, 2, "device=cpu", "batch_size=63")
+    assert r.returncode != 0
+    assert "batch_size: 63 is not divisible by 2 processes" in r.stderr
+    assert project.run_ids() == []
+
+
+def test_accumulation_matches_one_big_step(project):
+    big = project.train(*EXACT, "batch_size=64")
+    small = project.train(*EXACT, "batch_size=64", "grad_accum_steps=4")
+    assert max_diff(weights(project, big), weights(project, small)) < 1e-5
+
+
+def test_bf16_on_cpu(project):
+    run_id = project.train("device=cpu", "amp=bf16", "epochs=1")
+    info = project.info(run_id)
+    assert info["status"] == "finished" and info["metrics"]["val_acc"] > 0.2  # chance is 0.1
+    r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu")
+    assert r.returncode == 0 and f"{info['metrics']['val_acc']:.4f}" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on CPU needs a C compiler (cc/gcc), which this machine lacks")
+def test_compile_smoke(project):
+    run_id = project.train("device=cpu", "base_model=mlp", "compile=true", "channels_last=true", "epochs=1")
+    info = project.info(run_id)
+    assert info["status"] == "finished"
+    assert not any(k.startswith("_orig_mod.") for k in weights(project, run_id))
