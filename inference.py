@@ -4,22 +4,27 @@
     python inference.py --input PATH                     predict on an image file or a folder of images
     python inference.py --compare RUN_A [RUN_B]          A/B report on the same samples
     python inference.py --list                           a table of all runs
+
+torch and what needs it (~2 s to import) are imported inside the functions that use them, so
+that --list and --help are instant.
 """
+from __future__ import annotations
+
 import csv
 import dataclasses
 import io
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
-
-from train import evaluate
-from train.setup import build_model, load_weights, resolve_device
 from utils.config import Config, build_config, load_config, make_parser, parse_args, read_yaml
-from utils.dataloader import DataInfo, EvalBatchSampler, build_data, info_from_run, list_images, load_image, make_loader
 from utils.errors import RunFailure, UsageError, run_main
 from utils.runstore import EXPERIMENTS, children_of, find_run, format_table, list_runs, write_json, write_text
+
+if TYPE_CHECKING:
+    import torch
+
+    from utils.dataloader import DataInfo
 
 
 def select_run(spec: Optional[str], key: str = "resume") -> dict:
@@ -53,6 +58,9 @@ class LoadedRun:
 def load_run(run: dict, device: torch.device) -> LoadedRun:
     """Rebuild a run's model from its folder alone (config.yaml + model.safetensors, checked
     against run.json's sha256), in eval mode on `device`."""
+    from train.setup import build_model, load_weights
+    from utils.dataloader import info_from_run
+
     folder = EXPERIMENTS / run["id"]
     try:
         cfg = build_config(read_yaml(folder / "config.yaml"))
@@ -66,6 +74,8 @@ def load_run(run: dict, device: torch.device) -> LoadedRun:
 
 def amp_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
     """Evaluate in the precision the run trained in, where the device supports it."""
+    import torch
+
     if cfg.amp == "bf16" or (cfg.amp == "fp16" and device.type == "cuda"):
         return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
     return None
@@ -73,6 +83,9 @@ def amp_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
 
 def evaluate_split(lr: LoadedRun, device: torch.device) -> dict:
     """The run's validation split (rebuilt from its config and checked against run.json)."""
+    from train import evaluate
+    from utils.dataloader import EvalBatchSampler, build_data, make_loader
+
     data = build_data(lr.cfg)
     if data.val_hash != lr.run["val_hash"]:
         raise RunFailure(f"the validation split of run {lr.run['id']} cannot be rebuilt: the data changed since "
@@ -85,6 +98,8 @@ def evaluate_split(lr: LoadedRun, device: torch.device) -> dict:
 
 
 def per_class_accuracy(pred: torch.Tensor, target: torch.Tensor, n: int) -> list[Optional[float]]:
+    import torch
+
     correct = torch.bincount(target[pred == target], minlength=n)
     total = torch.bincount(target, minlength=n)
     return [float(c) / float(t) if t else None for c, t in zip(correct, total)]
@@ -112,18 +127,22 @@ def report_validation(lr: LoadedRun, out: dict, device: torch.device) -> dict:
     return metrics
 
 
-@torch.inference_mode()
 def predict_files(lr: LoadedRun, path: Path, device: torch.device, batch_size: int = 64) -> list[tuple]:
     """(path, predicted class name, confidence) for every image at `path`."""
+    import torch
+
+    from utils.dataloader import list_images, load_image
+
     files = list_images(path)
     rows = []
+    dtype = amp_dtype(lr.cfg, device)
     for i in range(0, len(files), batch_size):
         chunk = files[i:i + batch_size]
         try:
             x = torch.stack([load_image(f, lr.info) for f in chunk]).to(device)
         except OSError as e:
             raise UsageError(f"--input: cannot read an image in {path} ({e}); remove or fix the file") from None
-        with torch.autocast(device.type, dtype=amp_dtype(lr.cfg, device), enabled=amp_dtype(lr.cfg, device) is not None):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             probs = lr.model(x).float().softmax(1)
         conf, pred = probs.max(1)
         rows += [(str(f), lr.info.class_names[p], f"{c:.6f}") for f, p, c in zip(chunk, pred.tolist(), conf.tolist())]
@@ -153,6 +172,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(format_table(list_runs()))
         return 0
     cfg = load_config(args.config, args.overrides)
+    from train.setup import resolve_device
+
     if args.compare:
         from utils.compare import compare_main
         return compare_main(cfg, args.compare, args.input)
@@ -160,6 +181,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     lr = load_run(select_run(cfg.resume), device)
     try:
         return infer(lr, args.input, device)
+    except BrokenPipeError:
+        raise
     except OSError as e:
         raise RunFailure(f"cannot write under {lr.folder}/inference ({e.strerror}); make experiments/ writable") from None
 

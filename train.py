@@ -3,35 +3,25 @@
     python train.py [--config FILE] [KEY=VALUE ...]     a new run, or resume=<id> to continue one
     python train.py --list                              a table of all runs
     torchrun --nproc_per_node=N train.py ...            the same on N processes (DDP)
+
+torch and what needs it (~2 s to import) are imported inside main, after --list and --help
+have answered, so that those two are instant.
 """
+from __future__ import annotations
+
 import dataclasses
 import importlib.util
 import json
 import platform
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
-from safetensors.torch import save_file
-
-from train import Trainer
-from train.setup import (
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    check_amp,
-    load_weights,
-    model_source_hash,
-    resolve_device,
-    set_determinism,
-    set_rng_state,
-)
-from utils import dist
 from utils.config import MACHINE_KEYS, Config, build_config, load_config, make_parser, parse_args, read_yaml, to_yaml
-from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, data_fields, make_loader
 from utils.errors import RunFailure, UsageError, fault_point, run_main
-from utils.plots import plot_curves
 from utils.runstore import EXPERIMENTS, RunFolder, atomic_write, find_run, format_table, list_runs, read_run
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
@@ -86,6 +76,7 @@ def load_state(path: Optional[Path]) -> Optional[dict]:
     """A state.pt loaded safely (weights_only=True); None for None."""
     if path is None:
         return None
+    import torch
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a damaged or unsafe file has one fix
@@ -102,6 +93,10 @@ def version_notes(parent: dict, device: torch.device) -> list[str]:
 
 def current_environment(device: torch.device) -> dict:
     import importlib.metadata as md
+
+    import torch
+
+    from utils import dist
     try:
         tv = md.version("torchvision")
     except md.PackageNotFoundError:
@@ -117,6 +112,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(format_table(list_runs()))
         return 0
     cfg = load_config(args.config, args.overrides)
+    import torch
+
+    from train import Trainer
+    from train.setup import (
+        build_model,
+        build_optimizer,
+        build_scheduler,
+        check_amp,
+        load_weights,
+        model_source_hash,
+        resolve_device,
+        set_determinism,
+        set_rng_state,
+    )
+    from utils import dist
+    from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, data_fields, make_loader
+
     parent, cfg, notes = resolve_parent(cfg)
     init = find_run(cfg.init_from, "init_from", lambda r: r["status"] == "finished", "finished") if cfg.init_from else None
     if init is not None and init["status"] != "finished":
@@ -222,6 +234,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 def finish(run: RunFolder, model: torch.nn.Module, cfg: Config, data, final: dict, history: list[dict]) -> None:
     """Write the weights (self-describing: config and data info in the metadata) and the
     curves, then mark the run finished."""
+    from safetensors.torch import save_file
+
+    from utils.plots import plot_curves
+
     weights = run.folder / "model.safetensors"
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     # Self-describing: what rebuilds the model, and nothing run-specific, so the same experiment

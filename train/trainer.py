@@ -73,8 +73,8 @@ class Trainer:
         """Train to cfg.epochs; returns the last epoch's metrics row."""
         with self._signal_handlers():
             while self.epoch < self.cfg.epochs:
+                train = self.train_epoch()  # adds its time to self.seconds
                 t0 = time.perf_counter()
-                train = self.train_epoch()
                 val = self.validate()
                 row = {"epoch": self.epoch + 1, **train, **val,
                        "lr": self.optimizer.param_groups[0]["lr"],

@@ -113,9 +113,10 @@ def recent_ids_hint(n: int = 5) -> str:
     return f"; recent runs: {', '.join(ids)}" if ids else "; there are no runs yet in experiments/"
 
 
-def allocate_run_dir(experiments: Path = EXPERIMENTS) -> tuple[str, Path, str]:
+def allocate_run_dir(experiments: Optional[Path] = None) -> tuple[str, Path, str]:
     """Create experiments/<local start time>[_N]/ and return (id, folder, start time in UTC).
     mkdir is atomic, so two processes started in the same second get two folders."""
+    experiments = experiments or EXPERIMENTS
     base = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:
         experiments.mkdir(parents=True, exist_ok=True)
@@ -163,8 +164,9 @@ def is_locked(folder: Path) -> bool:
     return False
 
 
-def list_runs(experiments: Path = EXPERIMENTS) -> list[dict]:
+def list_runs(experiments: Optional[Path] = None) -> list[dict]:
     """Every run with a run.json, oldest first by UTC start time."""
+    experiments = experiments or EXPERIMENTS
     if not experiments.is_dir():
         return []
     runs = []
@@ -174,10 +176,6 @@ def list_runs(experiments: Path = EXPERIMENTS) -> list[dict]:
             if info is not None:
                 runs.append(info)
     return sorted(runs, key=lambda r: (r.get("start_utc", ""), r["id"]))
-
-
-def run_dir(run_id: str, experiments: Path = EXPERIMENTS) -> Path:
-    return experiments / run_id
 
 
 def find_run(spec: str, key: str, want: Callable[[dict], bool], what: str) -> dict:

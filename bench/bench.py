@@ -1,0 +1,309 @@
+"""Benchmarks: each figure is a ratio of medians over interleaved repetitions, measured in one
+run. Prints a table and writes bench/results.md.
+
+    python bench/bench.py                      all of them (~6 min on 2 CPU cores)
+    python bench/bench.py --only loop,data     some: loop, process, data, store, inference, progress
+"""
+import argparse
+import copy
+import io
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from train import Trainer, evaluate  # noqa: E402
+from train.setup import build_model, build_optimizer, build_scheduler, set_determinism  # noqa: E402
+from utils.config import Config  # noqa: E402
+from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, make_loader  # noqa: E402
+
+ROWS: list[tuple] = []  # (figure, template, baseline, ratio, target)
+
+
+def interleaved(fns: dict, reps: int) -> dict:
+    """Run each callable `reps` times, alternating, after one warm-up each; seconds per call."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def record(figure: str, template: float, baseline: float, ratio: float, target: str, unit: str = "s") -> None:
+    ROWS.append((figure, f"{template:.4g} {unit}", f"{baseline:.4g} {unit}", f"{ratio:.3f}", target))
+    print(f"{figure:<58} {template:10.4g} {baseline:10.4g}  ratio {ratio:.3f}  (target {target})", flush=True)
+
+
+def setup(cfg: Config):
+    set_determinism(cfg, torch.device("cpu"))
+    data = build_data(cfg)
+    if cfg.augment:
+        data.train.enable_augment(cfg.seed, data.info)
+    model = build_model(cfg, data.info)
+    sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed)
+    loader = make_loader(data.train, sampler, cfg.num_workers, False)
+    val_loader = make_loader(data.val, EvalBatchSampler(len(data.val), cfg.batch_size), 0, False)
+    return data, model, sampler, loader, val_loader
+
+
+def make_trainer(cfg: Config, model, loader, val_loader) -> Trainer:
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, loader.batch_sampler.steps_per_epoch())
+    start = {"epoch": 0, "step": 0, "global_step": 0, "history": [],
+             "sums": {"loss_sum": torch.zeros(()), "correct": torch.zeros((), dtype=torch.int64), "count": 0, "seconds": 0.0}}
+    return Trainer(cfg, model, model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False),
+                   loader, val_loader, torch.device("cpu"), None, start)
+
+
+def trainer_epoch(trainer: Trainer) -> None:
+    trainer.epoch, trainer.step = 1, 0
+    trainer.train_epoch()
+
+
+def plain_epoch(cfg, model, optimizer, scheduler, loader) -> None:
+    """The loop a user writes by hand (torchvision reference style)."""
+    loader.batch_sampler.set_epoch(1)
+    model.train()
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+
+def bench_loop(reps: int) -> None:
+    """1. The Trainer's epoch against a hand-written loop: same model class and init, same
+    batches, batch size, optimizer and seed, in this process."""
+    cfg = Config(epochs=10)
+    data, model, sampler, loader, val_loader = setup(cfg)
+    plain_model = copy.deepcopy(model)
+    trainer = make_trainer(cfg, model, loader, val_loader)
+    opt = build_optimizer(cfg, plain_model)
+    sched = build_scheduler(cfg, opt, sampler.steps_per_epoch())
+    t = interleaved({"template": lambda: trainer_epoch(trainer),
+                     "plain": lambda: plain_epoch(cfg, plain_model, opt, sched, loader)}, reps)
+    record("loop: Trainer epoch / hand-written loop (digits)", t["template"], t["plain"], t["template"] / t["plain"], "<= 1.03")
+
+
+def bench_progress(reps: int) -> None:
+    """6. The defaults (progress bar drawn as on a terminal, loss shown every 10 steps, the
+    epoch line) against progress off."""
+    cfg = Config(epochs=10)
+    _, model, _, loader, val_loader = setup(cfg)
+    on = make_trainer(cfg, model, loader, val_loader)
+    off = make_trainer(Config(epochs=10, progress=False), copy.deepcopy(model), loader, val_loader)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def with_bar() -> None:
+        real = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = Terminal(), Terminal()  # tqdm draws on stderr
+        try:
+            trainer_epoch(on)
+        finally:
+            sys.stdout, sys.stderr = real
+
+    t = interleaved({"on": with_bar, "off": lambda: trainer_epoch(off)}, reps)
+    record("progress: defaults (bar drawn) / progress off", t["on"], t["off"], t["on"] / t["off"], "<= 1.02")
+
+
+def bench_data(reps: int) -> None:
+    """3. Training throughput fed by the template's loaders against in-memory tensors."""
+    results = {}
+    cfg = Config(augment=False)
+    data, model, sampler, loader, _ = setup(cfg)
+    x_all, y_all = data.train.source.load(data.train.positions)
+    opt = build_optimizer(cfg, model)
+    n_steps = sampler.steps_per_epoch()
+
+    def step(x, y) -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def memory() -> None:
+        perm = torch.randperm(len(y_all))
+        for i in range(n_steps):
+            idx = perm[i * 64:(i + 1) * 64]
+            step(x_all[idx], y_all[idx])
+
+    def from_loader(ld) -> None:
+        ld.batch_sampler.set_epoch(0)
+        for x, y in ld:
+            step(x, y)
+
+    loaders = {"workers=0": loader,
+               "workers=2 persistent": make_loader(data.train, EpochBatchSampler(len(data.train), 64, 0), 2, False)}
+    aug = build_data(Config())
+    aug.train.enable_augment(0, aug.info)
+    loaders["workers=0 augment"] = make_loader(aug.train, EpochBatchSampler(len(aug.train), 64, 0), 0, False)
+    t = interleaved({"memory": memory, **{k: (lambda ld=ld: from_loader(ld)) for k, ld in loaders.items()}}, reps)
+    for name in loaders:
+        results[name] = t["memory"] / t[name]
+        target = ">= 0.95" if name == "workers=0" else "(informative)"
+        record(f"data: throughput, template loader ({name}) / in-memory", 1 / t[name], 1 / t["memory"], results[name],
+               target, "epochs/s")
+
+
+def bench_inference(reps: int) -> None:
+    """5. evaluate() against a bare inference_mode loop over the same batches."""
+    cfg = Config()
+    data, model, _, _, _ = setup(cfg)
+    data = build_data(Config(val_fraction=0.9))  # a larger split: 1,617 samples
+    loader = make_loader(data.val, EvalBatchSampler(len(data.val), 256), 0, False)
+    model.eval()
+
+    def bare() -> None:
+        """Loss and accuracy, as a user would write it."""
+        loss, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+        with torch.inference_mode():
+            for x, y in loader:
+                logits = model(x)
+                loss += F.cross_entropy(logits, y, reduction="sum")
+                correct += (logits.argmax(1) == y).sum()
+
+    t = interleaved({"template": lambda: evaluate(model, loader, torch.device("cpu")), "bare": bare}, reps)
+    record("inference: evaluate() throughput / bare inference_mode loop", len(data.val) / t["template"], len(data.val) / t["bare"],
+           t["bare"] / t["template"], ">= 0.95", "img/s")
+
+
+def bench_store(reps: int) -> None:
+    """4. Putting a finished run with 1 GB of weights in place, against copying the file;
+    saving and loading state against bare torch.save / torch.load; --list over 100 runs."""
+    import utils.runstore as rs
+
+    tmp = Path(tempfile.mkdtemp(dir=ROOT / "bench"))
+    try:
+        rs.EXPERIMENTS, rs.CHECKPOINTS = tmp / "experiments", tmp / "checkpoints"
+        rs.EXPERIMENTS.mkdir()
+        folder = rs.EXPERIMENTS / "2026-01-01_00-00-00"
+        folder.mkdir()
+        weights = folder / "model.safetensors"
+        with open(weights, "wb") as f:
+            for _ in range(256):
+                f.write(os.urandom(4 << 20))  # 1 GiB
+            f.flush()
+            os.fsync(f.fileno())
+        rs.write_text(folder / "config.yaml", "# run 2026-01-01_00-00-00\n")
+        info = {"id": folder.name, "start_utc": rs.utc_now(), "status": "finished", "weights": {"size": weights.stat().st_size}}
+        rs.write_json(folder / "run.json", info)
+
+        def put_in_place() -> None:
+            for name in rs.VIEW_FILES:
+                (rs.CHECKPOINTS / name).unlink(missing_ok=True)
+            rs.write_json(folder / "run.json", info)
+            rs.update_view(folder, info["start_utc"], rs.VIEW_FILES)
+
+        def copy_file() -> None:
+            shutil.copyfile(weights, tmp / "copy.safetensors")
+            with open(tmp / "copy.safetensors", "rb") as f:
+                os.fsync(f.fileno())
+            os.unlink(tmp / "copy.safetensors")
+
+        t = interleaved({"place": put_in_place, "copy": copy_file}, reps)
+        record("store: finish a run with 1 GB weights (links, run.json) / copy", t["place"], t["copy"], t["place"] / t["copy"], "<= 0.05")
+        t0 = time.perf_counter()
+        rs.sha256_file(weights)
+        sha = time.perf_counter() - t0
+        print(f"{'store: sha256 of 1 GB (paid once at the end of a run, and on load)':<58} {sha:10.4g} s", flush=True)
+        ROWS.append(("store: sha256 of the 1 GB weights (separate)", f"{sha:.4g} s", "-", "-", "(reported)"))
+        weights.unlink()
+
+        import torchvision
+        model = torchvision.models.resnet18()
+        opt = torch.optim.AdamW(model.parameters())
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        opt.step()
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()}
+        t = interleaved({"template": lambda: (rs.atomic_write(tmp / "state.pt", lambda p: torch.save(state, p)),
+                                              torch.load(tmp / "state.pt", weights_only=True)),
+                         "bare": lambda: (torch.save(state, tmp / "bare.pt"), torch.load(tmp / "bare.pt", weights_only=True))}, reps)
+        record("store: save+load state.pt (atomic, fsync) / bare torch.save+load", t["template"], t["bare"],
+               t["template"] / t["bare"], "<= 1.10")
+
+        for i in range(100):
+            f = rs.EXPERIMENTS / f"2026-02-01_00-00-{i:02d}"
+            f.mkdir()
+            rs.write_json(f / "run.json", {"id": f.name, "status": "finished", "start_utc": rs.utc_now(),
+                                           "model": "small_cnn", "weights": {"size": 3}, "epochs": 1, "epochs_done": 1})
+            (f / "model.safetensors").write_bytes(b"abc")
+        project = tmp / "proj"
+        shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns("experiments", "checkpoints", "bench", ".git", "tests"))
+        shutil.copytree(rs.EXPERIMENTS, project / "experiments")
+        (project / "checkpoints").mkdir()
+
+        def listing() -> None:
+            subprocess.run([sys.executable, "train.py", "--list"], cwd=project, check=True, capture_output=True)
+        t = interleaved({"list": listing}, reps)
+        record("store: `python train.py --list` over 100 runs (whole process)", t["list"], 1.0, t["list"], "< 1 s")
+    finally:
+        shutil.rmtree(tmp)
+
+
+def bench_process(reps: int) -> None:
+    """2. `python train.py` on the defaults against the plain script, 1 and 5 epochs."""
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        project = tmp / "proj"
+        shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns("experiments", "checkpoints", ".git", "tests"))
+        (project / "experiments").mkdir()
+        (project / "checkpoints").mkdir()
+        for epochs in (1, 5):
+            def template() -> None:
+                subprocess.run([sys.executable, "train.py", f"epochs={epochs}", "device=cpu"], cwd=project, check=True,
+                               capture_output=True)
+
+            def plain() -> None:
+                subprocess.run([sys.executable, "bench/plain_train.py", "--epochs", str(epochs), "--out", str(tmp / "plain")],
+                               cwd=project, check=True, capture_output=True)
+            t = interleaved({"template": template, "plain": plain}, reps)
+            record(f"process: python train.py epochs={epochs} / plain script", t["template"], t["plain"],
+                   t["template"] / t["plain"], "<= 1.10")
+    finally:
+        shutil.rmtree(tmp)
+
+
+BENCHES = {"loop": bench_loop, "progress": bench_progress, "data": bench_data, "inference": bench_inference,
+           "store": bench_store, "process": bench_process}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
+    parser.add_argument("--reps", type=int, default=7, help="interleaved repetitions (median taken), at least 5")
+    args = parser.parse_args()
+    for name in args.only.split(","):
+        BENCHES[name](max(5, args.reps))
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+               f"{torch.get_num_threads()} threads, python {platform.python_version()}")
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine}; ratios of medians over {max(5, args.reps)} "
+             "interleaved repetitions, one run.", "",
+             "| figure | template | baseline | ratio | target |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {' | '.join(row)} |" for row in ROWS]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    if set(args.only.split(",")) == set(BENCHES):
+        (ROOT / "bench" / "results.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
