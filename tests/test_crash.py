@@ -113,7 +113,9 @@ def test_random_sigkills(store):
         before, ids = finished_files(project), set(project.run_ids())
         resume = (f"resume={current}",) if current else ()
         proc = project.popen("train.py", *ARGS, "checkpoint_every_steps=3", *resume)
-        time.sleep(rng.uniform(3.0, 7.0))  # start-up takes ~4 s, the run ~3 s more
+        while proc.poll() is None and not set(project.run_ids()) - ids:
+            time.sleep(0.02)  # start-up (imports) takes ~4 s: kill at a random moment after it
+        time.sleep(rng.uniform(0.0, 2.5))  # the run itself takes ~2.5 s
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         after_kill(project, before)

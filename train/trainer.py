@@ -127,8 +127,9 @@ class Trainer:
             self.step, self.global_step = self.step + 1, self.global_step + 1
             bar.update()
             if self.step % 10 == 0:  # a NaN is caught within 10 steps, at one host sync per 10
-                self._check_finite()
-                bar.set_postfix(loss=f"{self.loss_sum.item() / self.count:.4f}")
+                loss_so_far = self._check_finite()
+                if show:
+                    bar.set_postfix(loss=f"{loss_so_far / self.count:.4f}")
             fault_point("step")
             if self._stop_requested():
                 self.seconds += time.perf_counter() - t0
@@ -183,10 +184,13 @@ class Trainer:
                             metrics={k: last[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in last})
 
     # ------------------------------------------------------------ stopping
-    def _check_finite(self) -> None:
-        if not math.isfinite(float(self.loss_sum)):
+    def _check_finite(self) -> float:
+        """The epoch's loss sum so far; a NaN or infinity stops the run (marked failed)."""
+        loss_sum = float(self.loss_sum)
+        if not math.isfinite(loss_sum):
             raise RunFailure(f"the training loss became {float(self.loss_sum)} in epoch {self.epoch + 1} near step "
                              f"{self.step}; lower lr (now {self.cfg.lr}) or check the data. The run is marked failed")
+        return loss_sum
 
     def _stop_requested(self) -> bool:
         """Whether a signal asked to stop. Under DDP every process must stop at the same step, so
