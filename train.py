@@ -149,7 +149,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     model = build_model(cfg, data.info)
     if init is not None:
         load_weights(model, EXPERIMENTS / init["id"] / "model.safetensors", init["weights"]["sha256"], "init_from")
-    model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    if cfg.channels_last:
+        model.to(device, memory_format=torch.channels_last)
+    else:
+        model.to(device)
 
     sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed, dist.rank(), dist.world_size(), cfg.grad_accum_steps)
     if cfg.augment:
