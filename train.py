@@ -115,20 +115,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
 
     from train import Trainer
-    from train.setup import (
-        build_model,
-        build_optimizer,
-        build_scheduler,
-        check_amp,
-        load_weights,
-        model_source_hash,
-        resolve_device,
-        set_determinism,
-        set_rng_state,
-    )
+    from train.setup import build_model, build_optimizer, build_scheduler, check_amp, load_weights, resolve_device, set_determinism
     from utils import dist
-    from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, data_fields, make_loader
+    from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, make_loader
 
+    # Everything that can be refused is checked before anything is written.
     parent, cfg, notes = resolve_parent(cfg)
     init = find_run(cfg.init_from, "init_from", lambda r: r["status"] == "finished", "finished") if cfg.init_from else None
     if init is not None and init["status"] != "finished":
@@ -136,12 +127,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = resolve_device(cfg.device)
     check_amp(cfg.amp, device)
     device = dist.setup(device)
-    per_process = cfg.batch_size / (dist.world_size() * cfg.grad_accum_steps)
-    if per_process != int(per_process):
-        raise UsageError(f"batch_size: {cfg.batch_size} is not divisible by {dist.world_size()} processes x "
-                         f"grad_accum_steps {cfg.grad_accum_steps}; choose a multiple of {dist.world_size() * cfg.grad_accum_steps}")
-    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise UsageError("tensorboard: the tensorboard package is not installed; pip install tensorboard, or set tensorboard: false")
+    per_process = check_machine(cfg, dist.world_size())
     set_determinism(cfg, device)
     data = build_data(cfg)
     if len(data.train) < cfg.batch_size:
@@ -159,50 +145,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         data.train.enable_augment(cfg.seed, data.info)
     pin = device.type == "cuda"
     train_loader = make_loader(data.train, sampler, cfg.num_workers, pin)
-    val_loader = make_loader(data.val, EvalBatchSampler(len(data.val), int(per_process), dist.rank(), dist.world_size()),
+    val_loader = make_loader(data.val, EvalBatchSampler(len(data.val), per_process, dist.rank(), dist.world_size()),
                              cfg.num_workers, pin)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, sampler.steps_per_epoch())
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-
-    state = load_state(state_path(parent["id"])) if parent else None
-    start = {"epoch": 0, "step": 0, "global_step": 0, "history": [],
-             "sums": {"loss_sum": torch.zeros(()), "correct": torch.zeros((), dtype=torch.int64), "count": 0, "seconds": 0.0}}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start = {k: state[k] for k in start}
-        rngs = state["rng"]
-        if len(rngs) != dist.world_size():
-            notes.append(f"warning: the parent ran on {len(rngs)} process(es), this run on {dist.world_size()}; "
-                         "exact continuation needs the same number")
-        set_rng_state(rngs[dist.rank() % len(rngs)])
-        # The optimizer state was loaded on CPU; put it beside the parameters.
-        optimizer.load_state_dict(optimizer.state_dict())
+    start = restore(load_state(state_path(parent["id"])) if parent else None, model, optimizer, scheduler, scaler, notes)
     if parent is not None:
         notes += version_notes(parent, device)
 
-    net = model
+    net = model  # what the loop calls; `model` stays unwrapped for saving
     if dist.enabled():
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
 
-    run = None
-    if dist.is_main():
-        info = {"config": dataclasses.asdict(cfg),
-                "parent": {"id": parent["id"], "epoch": start["epoch"], "step": start["step"]} if parent else None,
-                "init_from": init["id"] if init else None, "model": cfg.base_model, "epochs": cfg.epochs,
-                "epochs_done": start["epoch"], "steps_done": start["global_step"],
-                "class_names": data.info.class_names, "data": data_fields(data.info) | {"dataset": cfg.dataset},
-                "val_hash": data.val_hash, "train_size": len(data.train), "val_size": len(data.val),
-                "params": sum(p.numel() for p in model.parameters()),
-                "model_source_sha256": model_source_hash(cfg.base_model), **current_environment(device)}
-        run = RunFolder.create(to_yaml(cfg, header=""), info)
-        fault_point("started")
-    run_id = dist.broadcast_object(run.id if run else None)
+    run = RunFolder.create(to_yaml(cfg), run_info(cfg, parent, init, start, data, model, device)) if dist.is_main() else None
+    fault_point("started")
     tb = None
     if run is not None and cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -210,7 +169,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     trainer = Trainer(cfg, model, net, optimizer, scheduler, scaler, train_loader, val_loader, device, run, start, tb)
     if run is not None:
         what = f"continuing run {parent['id']} from epoch {start['epoch'] + 1}, step {start['step']}" if parent else "new run"
-        run.log(f"run {run_id}: {what}; {cfg.base_model} on {cfg.dataset} ({len(data.train)} train / "
+        run.log(f"run {run.id}: {what}; {cfg.base_model} on {cfg.dataset} ({len(data.train)} train / "
                 f"{len(data.val)} val), {device} x{dist.world_size()}, {cfg.epochs} epochs")
         for line in notes:
             run.log(line)
@@ -222,7 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if run is not None and run.info["status"] == "running":
             failed = not isinstance(e, KeyboardInterrupt)
             run.close("failed" if failed else "interrupted", **({"error": str(e)} if failed else {}))
-        if isinstance(e, OSError) and run is not None:
+        if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) and run is not None:
             raise RunFailure(f"could not write to run {run.id} ({e.strerror}: {e.filename}); the run is marked failed and "
                              f"other runs are untouched. Free space or fix permissions, then continue it: "
                              f"python train.py resume={run.id} epochs={cfg.epochs}") from e
@@ -232,6 +191,54 @@ def main(argv: Optional[list[str]] = None) -> int:
             tb.close()
         dist.teardown()
     return 0
+
+
+def check_machine(cfg: Config, world: int) -> int:
+    """What depends on this launch rather than on the config; returns the per-process batch."""
+    if cfg.batch_size % (world * cfg.grad_accum_steps):
+        raise UsageError(f"batch_size: {cfg.batch_size} is not divisible by {world} processes x "
+                         f"grad_accum_steps {cfg.grad_accum_steps}; choose a multiple of {world * cfg.grad_accum_steps}")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError("tensorboard: the tensorboard package is not installed; pip install tensorboard, or set tensorboard: false")
+    return cfg.batch_size // (world * cfg.grad_accum_steps)
+
+
+def restore(state: Optional[dict], model, optimizer, scheduler, scaler, notes: list[str]) -> dict:
+    """Load a state.pt into the objects; returns where the run starts (step 0 without one)."""
+    import torch
+
+    from train.setup import set_rng_state
+    from utils import dist
+
+    start = {"epoch": 0, "step": 0, "global_step": 0, "history": [],
+             "sums": {"loss_sum": torch.zeros(()), "correct": torch.zeros((), dtype=torch.int64), "count": 0, "seconds": 0.0}}
+    if state is None:
+        return start
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])  # moves the state beside the parameters
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    rngs = state["rng"]  # one per process of the run that saved it
+    if len(rngs) != dist.world_size():
+        notes.append(f"warning: the parent ran on {len(rngs)} process(es), this run on {dist.world_size()}; "
+                     "exact continuation needs the same number")
+    set_rng_state(rngs[dist.rank() % len(rngs)])
+    return {k: state[k] for k in start}
+
+
+def run_info(cfg: Config, parent: Optional[dict], init: Optional[dict], start: dict, data, model, device) -> dict:
+    """What run.json records at the start of a run."""
+    from train.setup import model_source_hash
+    from utils.dataloader import data_fields
+
+    return {"config": dataclasses.asdict(cfg),
+            "parent": {"id": parent["id"], "epoch": start["epoch"], "step": start["step"]} if parent else None,
+            "init_from": init["id"] if init else None, "model": cfg.base_model, "epochs": cfg.epochs,
+            "epochs_done": start["epoch"], "steps_done": start["global_step"],
+            "class_names": data.info.class_names, "data": data_fields(data.info) | {"dataset": cfg.dataset},
+            "val_hash": data.val_hash, "train_size": len(data.train), "val_size": len(data.val),
+            "params": sum(p.numel() for p in model.parameters()),
+            "model_source_sha256": model_source_hash(cfg.base_model), **current_environment(device)}
 
 
 def finish(run: RunFolder, model: torch.nn.Module, cfg: Config, data, final: dict, history: list[dict]) -> None:

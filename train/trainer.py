@@ -121,7 +121,7 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     logits = self.net(x)  # (B, classes)
                     loss = F.cross_entropy(logits, y)
-                self.scaler.scale(loss / accum).backward()
+                self.scaler.scale(loss / accum if accum > 1 else loss).backward()
             self.loss_sum += loss.detach().float() * len(y)  # no .item(): no host sync per step
             self.correct += (logits.detach().argmax(1) == y).sum()
             self.count += len(y)
