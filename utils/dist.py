@@ -55,15 +55,6 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def broadcast_object(obj):
-    """rank 0's obj on every rank."""
-    if not enabled():
-        return obj
-    box = [obj]
-    td.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gather_objects(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank."""
     if not enabled():
