@@ -63,7 +63,3 @@ def gather_objects(obj) -> list:
     td.all_gather_object(out, obj)
     return out
 
-
-def barrier() -> None:
-    if enabled():
-        td.barrier()
