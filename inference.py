@@ -74,11 +74,9 @@ def load_run(run: dict, device: torch.device) -> LoadedRun:
 
 def amp_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
     """Evaluate in the precision the run trained in, where the device supports it."""
-    import torch
+    from train.setup import AMP_DTYPES
 
-    if cfg.amp == "bf16" or (cfg.amp == "fp16" and device.type == "cuda"):
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
-    return None
+    return None if cfg.amp == "fp16" and device.type != "cuda" else AMP_DTYPES[cfg.amp]
 
 
 def evaluate_split(lr: LoadedRun, device: torch.device) -> dict:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from train.setup import rng_state
+from train.setup import AMP_DTYPES, rng_state
 from utils import dist
 from utils.config import Config
 from utils.errors import Interrupted, RunFailure, fault_point
@@ -65,7 +65,7 @@ class Trainer:
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.train_loader, self.val_loader, self.device, self.run = train_loader, val_loader, device, run
         self.sampler = train_loader.batch_sampler
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        self.amp_dtype = AMP_DTYPES[cfg.amp]
         # Position in the run, and the running sums of the current epoch (restored from state.pt).
         self.epoch, self.step, self.global_step = start["epoch"], start["step"], start["global_step"]
         sums = start["sums"]
