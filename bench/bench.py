@@ -2,7 +2,7 @@
 run. Prints a table and writes bench/results.md.
 
     python bench/bench.py                      all of them (~6 min on 2 CPU cores)
-    python bench/bench.py --only loop,data     some: loop, process, data, store, inference, progress
+    python bench/bench.py --only loop,data     some: loop, progress, data, inference, state, store, process
 """
 import argparse
 import copy
@@ -25,6 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from train import Trainer, evaluate  # noqa: E402
 from train.setup import build_model, build_optimizer, build_scheduler, set_determinism  # noqa: E402
+from train.trainer import save_state_file  # noqa: E402
 from utils.config import Config  # noqa: E402
 from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, make_loader  # noqa: E402
 
@@ -32,12 +33,14 @@ ROWS: list[tuple] = []  # (figure, template, baseline, ratio, target)
 
 
 def interleaved(fns: dict, reps: int) -> dict:
-    """Run each callable `reps` times, alternating, after one warm-up each; seconds per call."""
+    """Run each callable `reps` times, interleaved, after one warm-up each; median seconds per call.
+    The order flips every repetition (A B, B A, ...), so a slow drift of the machine (another
+    tenant, a clock change) falls on both sides alike instead of on whichever runs second."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+    for rep in range(reps):
+        for name, fn in (list(fns.items()) if rep % 2 == 0 else list(fns.items())[::-1]):
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -190,9 +193,51 @@ def bench_inference(reps: int) -> None:
            t["bare"] / t["template"], ">= 0.95", "img/s")
 
 
+def bench_state(reps: int) -> None:
+    """4b. Saving and loading the full state (Trainer.state_dict()) the template's way against
+    bare torch.save / torch.load of the same dict. The template's save is the Trainer's:
+    save_state_file (temporary file, no CRC32, fsync, os.replace, fsync of the folder); its load
+    is train.py's load_state call, torch.load(map_location="cpu", weights_only=True)."""
+    os.sync()  # dirty pages of earlier sections would be flushed by the template's fsync only
+    tmp = Path(tempfile.mkdtemp(dir=ROOT / "bench"))
+    try:
+        for name in ("resnet18", "small_cnn"):
+            cfg = Config(base_model=name, augment=False)
+            _, model, _, loader, val_loader = setup(cfg)
+            trainer = make_trainer(cfg, model, loader, val_loader)
+            x, y = next(iter(loader))
+            F.cross_entropy(model(x), y).backward()
+            trainer.optimizer.step()  # AdamW's moments exist: the state is ~3x the weights
+            state = trainer.state_dict()
+
+            def bare() -> None:
+                torch.save(state, tmp / "bare.pt")
+                torch.load(tmp / "bare.pt", weights_only=True)
+
+            def bare_fsync() -> None:
+                torch.save(state, tmp / "bare.pt")
+                with open(tmp / "bare.pt", "rb") as f:
+                    os.fsync(f.fileno())
+                torch.load(tmp / "bare.pt", weights_only=True)
+
+            def template() -> None:
+                save_state_file(state, tmp / "state.pt")
+                torch.load(tmp / "state.pt", map_location="cpu", weights_only=True)
+
+            t = interleaved({"template": template, "bare": bare, "bare+fsync": bare_fsync}, reps)
+            mb = (tmp / "state.pt").stat().st_size / 2**20
+            target = "<= 1.10" if name == "resnet18" else "(informative)"
+            record(f"state: save+load, {name} + AdamW ({mb:.3g} MB) / bare torch.save+load", t["template"], t["bare"],
+                   t["template"] / t["bare"], target)
+            record(f"state: the same / bare torch.save+fsync+load ({name})", t["template"], t["bare+fsync"],
+                   t["template"] / t["bare+fsync"], "(informative)")
+    finally:
+        shutil.rmtree(tmp)
+
+
 def bench_store(reps: int) -> None:
     """4. Putting a finished run with 1 GB of weights in place, against copying the file;
-    saving and loading state against bare torch.save / torch.load; --list over 100 runs."""
+    --list over 100 runs."""
     import utils.runstore as rs
 
     tmp = Path(tempfile.mkdtemp(dir=ROOT / "bench"))
@@ -231,28 +276,6 @@ def bench_store(reps: int) -> None:
         print(f"{'store: sha256 of 1 GB (paid once at the end of a run, and on load)':<58} {sha:10.4g} s", flush=True)
         ROWS.append(("store: sha256 of the 1 GB weights (separate)", f"{sha:.4g} s", "-", "-", "(reported)"))
         weights.unlink()
-
-        import torchvision
-        model = torchvision.models.resnet18()
-        opt = torch.optim.AdamW(model.parameters())
-        model(torch.randn(2, 3, 32, 32)).sum().backward()
-        opt.step()
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()}
-        def bare_fsync() -> None:
-            torch.save(state, tmp / "bare.pt")
-            with open(tmp / "bare.pt", "rb") as f:
-                os.fsync(f.fileno())
-            torch.load(tmp / "bare.pt", weights_only=True)
-
-        t = interleaved({"template": lambda: (rs.atomic_write(tmp / "state.pt", lambda p: torch.save(state, p)),
-                                              torch.load(tmp / "state.pt", weights_only=True)),
-                         "bare": lambda: (torch.save(state, tmp / "bare.pt"), torch.load(tmp / "bare.pt", weights_only=True)),
-                         "bare+fsync": bare_fsync}, reps)
-        mb = (tmp / "state.pt").stat().st_size / 2**20
-        record(f"store: save+load state.pt ({mb:.0f} MB; atomic, fsync) / bare torch.save+load", t["template"], t["bare"],
-               t["template"] / t["bare"], "<= 1.10")
-        record("store: the same / bare torch.save+fsync+load (cost beyond durability)", t["template"], t["bare+fsync"],
-               t["template"] / t["bare+fsync"], "(informative)")
 
         for i in range(100):
             f = rs.EXPERIMENTS / f"2026-02-01_00-00-{i:02d}"
@@ -297,7 +320,7 @@ def bench_process(reps: int) -> None:
 
 
 BENCHES = {"loop": bench_loop, "progress": bench_progress, "data": bench_data, "inference": bench_inference,
-           "store": bench_store, "process": bench_process}
+           "state": bench_state, "store": bench_store, "process": bench_process}
 
 
 def main() -> None:

@@ -179,14 +179,11 @@ def to_markdown(r: dict) -> str:
 
 def plot_compare(r: dict, outs: dict, target: torch.Tensor, names: list, history: dict, path: Path) -> None:
     """Confusion matrices side by side, and both runs' training curves."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from utils.runstore import atomic_write
+    from utils.plots import new_figure, save_figure
 
     k = len(names)
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
+    fig = new_figure(20, 4.8, layout="tight")
+    axes = fig.subplots(1, 4)
     for ax, key in zip(axes[:2], ("A", "B")):
         cm = torch.bincount(target * k + outs[key]["pred"], minlength=k * k).view(k, k).numpy()
         ax.imshow(cm, cmap="Blues")
@@ -210,9 +207,7 @@ def plot_compare(r: dict, outs: dict, target: torch.Tensor, names: list, history
     for ax in axes[2:]:
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def compare_main(cfg: Config, runs: list[str], input_path: Optional[str]) -> int:
