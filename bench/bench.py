@@ -32,18 +32,21 @@ from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, ma
 ROWS: list[tuple] = []  # (figure, template, baseline, ratio, target)
 
 
-def interleaved(fns: dict, reps: int) -> dict:
+def interleaved(fns: dict, reps: int, clock=time.perf_counter, before=None) -> dict:
     """Run each callable `reps` times, interleaved, after one warm-up each; median seconds per call.
     The order flips every repetition (A B, B A, ...), so a slow drift of the machine (another
-    tenant, a clock change) falls on both sides alike instead of on whichever runs second."""
+    tenant, a clock change) falls on both sides alike instead of on whichever runs second.
+    `before`, if given, runs untimed before every call."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for rep in range(reps):
         for name, fn in (list(fns.items()) if rep % 2 == 0 else list(fns.items())[::-1]):
-            t0 = time.perf_counter()
+            if before is not None:
+                before()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -91,18 +94,30 @@ def plain_epoch(cfg, model, optimizer, scheduler, loader) -> None:
 
 
 def bench_loop(reps: int) -> None:
-    """1. The Trainer's epoch against a hand-written loop: same model class and init, same
-    batches, batch size, optimizer and seed, in this process."""
+    """1. The Trainer's epoch against a hand-written loop over the same batches, in this process.
+    Both sides drive the very same model, optimizer and scheduler objects, so the only
+    difference is the loop's own code. One epoch (~0.3 s) per call and many repetitions: finer
+    interleaving cancels more of this shared VM's drift than longer calls do."""
     cfg = Config(epochs=10)
     data, model, sampler, loader, val_loader = setup(cfg)
-    plain_model = copy.deepcopy(model)
     trainer = make_trainer(cfg, model, loader, val_loader)
-    opt = build_optimizer(cfg, plain_model)
-    sched = build_scheduler(cfg, opt, sampler.steps_per_epoch())
-    # Three epochs per timed call: one 22-step epoch (~0.3 s) is too short for this shared VM's noise.
-    t = interleaved({"template": lambda: [trainer_epoch(trainer) for _ in range(3)],
-                     "plain": lambda: [plain_epoch(cfg, plain_model, opt, sched, loader) for _ in range(3)]}, reps)
+    fns = {"template": lambda: trainer_epoch(trainer),
+           "plain": lambda: plain_epoch(cfg, model, trainer.optimizer, trainer.scheduler, loader)}
+    t = interleaved(fns, reps)
+    step = t["plain"] / sampler.steps_per_epoch()  # one small_cnn step of the plain loop
     record("loop: Trainer epoch / hand-written loop (digits)", t["template"], t["plain"], t["template"] / t["plain"], "<= 1.03")
+    t = interleaved(fns, reps, time.process_time)
+    record("loop: the same in CPU time (unaffected by other tenants)", t["template"], t["plain"], t["template"] / t["plain"],
+           "(informative)")
+    # The loop's own cost, measured where it is not drowned in noise: with a one-layer model a
+    # step is almost all loop, so the difference per step is what the Trainer adds to any step.
+    tiny = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    tiny_trainer = make_trainer(cfg, tiny, loader, val_loader)
+    t = interleaved({"template": lambda: trainer_epoch(tiny_trainer),
+                     "plain": lambda: plain_epoch(cfg, tiny, tiny_trainer.optimizer, tiny_trainer.scheduler, loader)}, reps)
+    extra = (t["template"] - t["plain"]) / sampler.steps_per_epoch()
+    record("loop: Trainer's own cost per step (one-layer model) / a small_cnn step", extra * 1e6, step * 1e6,
+           1 + extra / step, "(informative: 1 + cost/step)", "us")
 
 
 def bench_progress(reps: int) -> None:
@@ -155,19 +170,16 @@ def bench_data(reps: int) -> None:
         for x, y in ld:
             step(x, y)
 
-    def three(fn):
-        return lambda: [fn() for _ in range(3)]  # three epochs per timed call, against noise
-
     loaders = {"workers=0": loader,
                "workers=2 persistent": make_loader(data.train, EpochBatchSampler(len(data.train), 64, 0), 2, False)}
     aug = build_data(Config())
     aug.train.enable_augment(0, aug.info)
     loaders["workers=0 augment"] = make_loader(aug.train, EpochBatchSampler(len(aug.train), 64, 0), 0, False)
-    t = interleaved({"memory": three(memory), **{k: three(lambda ld=ld: from_loader(ld)) for k, ld in loaders.items()}}, reps)
+    t = interleaved({"memory": memory, **{k: (lambda ld=ld: from_loader(ld)) for k, ld in loaders.items()}}, reps)
     for name in loaders:
         results[name] = t["memory"] / t[name]
         target = ">= 0.95" if name == "workers=0" else "(informative)"
-        record(f"data: throughput, template loader ({name}) / in-memory", 3 / t[name], 3 / t["memory"], results[name],
+        record(f"data: throughput, template loader ({name}) / in-memory", 1 / t[name], 1 / t["memory"], results[name],
                target, "epochs/s")
 
 
@@ -198,7 +210,6 @@ def bench_state(reps: int) -> None:
     bare torch.save / torch.load of the same dict. The template's save is the Trainer's:
     save_state_file (temporary file, no CRC32, fsync, os.replace, fsync of the folder); its load
     is train.py's load_state call, torch.load(map_location="cpu", weights_only=True)."""
-    os.sync()  # dirty pages of earlier sections would be flushed by the template's fsync only
     tmp = Path(tempfile.mkdtemp(dir=ROOT / "bench"))
     try:
         for name in ("resnet18", "small_cnn"):
@@ -224,7 +235,9 @@ def bench_state(reps: int) -> None:
                 save_state_file(state, tmp / "state.pt")
                 torch.load(tmp / "state.pt", map_location="cpu", weights_only=True)
 
-            t = interleaved({"template": template, "bare": bare, "bare+fsync": bare_fsync}, reps)
+            # Each call starts with no dirty pages: otherwise the template's fsync (a journal commit)
+            # would also write back what the bare side left in the page cache.
+            t = interleaved({"template": template, "bare": bare, "bare+fsync": bare_fsync}, reps, before=os.sync)
             mb = (tmp / "state.pt").stat().st_size / 2**20
             target = "<= 1.10" if name == "resnet18" else "(informative)"
             record(f"state: save+load, {name} + AdamW ({mb:.3g} MB) / bare torch.save+load", t["template"], t["bare"],
@@ -323,22 +336,30 @@ BENCHES = {"loop": bench_loop, "progress": bench_progress, "data": bench_data, "
            "state": bench_state, "store": bench_store, "process": bench_process}
 
 
+# Repetitions per section: short calls (~0.1-0.3 s) need many to give a stable median on a
+# shared VM; a whole process (~6-9 s) needs fewer.
+REPS = {"loop": 27, "progress": 27, "data": 27, "inference": 36, "state": 21, "store": 9, "process": 9}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
-    parser.add_argument("--reps", type=int, default=7, help="interleaved repetitions (median taken), at least 5")
+    parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions of every section (at least 5); "
+                        "default per section: " + ", ".join(f"{k} {v}" for k, v in REPS.items()))
     args = parser.parse_args()
-    for name in args.only.split(","):
-        BENCHES[name](max(5, args.reps))
+    names = args.only.split(",")
+    for name in names:
+        BENCHES[name](max(5, args.reps or REPS[name]))
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, python {platform.python_version()}")
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine}; ratios of medians over {max(5, args.reps)} "
-             "interleaved repetitions, one run.", "",
+    reps = f"{max(5, args.reps)}" if args.reps else ", ".join(f"{k} {REPS[k]}" for k in names)
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine}; ratios of medians over interleaved repetitions "
+             f"({reps}), one run.", "",
              "| figure | template | baseline | ratio | target |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {' | '.join(row)} |" for row in ROWS]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    if set(args.only.split(",")) == set(BENCHES):
+    if set(names) == set(BENCHES):
         (ROOT / "bench" / "results.md").write_text(text)
 
 
