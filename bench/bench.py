@@ -1,7 +1,7 @@
 """Benchmarks: each figure is a ratio of medians over interleaved repetitions, measured in one
 run. Prints a table and writes bench/results.md.
 
-    python bench/bench.py                      all of them (~6 min on 2 CPU cores)
+    python bench/bench.py                      all of them (~12 min on 2 CPU cores)
     python bench/bench.py --only loop,data     some: loop, progress, data, inference, state, store, process
 """
 import argparse
