@@ -179,6 +179,8 @@ def to_markdown(r: dict) -> str:
 
 def plot_compare(r: dict, outs: dict, target: torch.Tensor, names: list, history: dict, path: Path) -> None:
     """Confusion matrices side by side, and both runs' training curves."""
+    from matplotlib.ticker import MaxNLocator
+
     from utils.plots import new_figure, save_figure
 
     k = len(names)
@@ -207,6 +209,7 @@ def plot_compare(r: dict, outs: dict, target: torch.Tensor, names: list, history
     for ax in axes[2:]:
         ax.legend()
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save_figure(fig, path, dpi=90)
 
 
