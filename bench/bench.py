@@ -146,7 +146,6 @@ def bench_progress(reps: int) -> None:
 
 def bench_data(reps: int) -> None:
     """3. Training throughput fed by the template's loaders against in-memory tensors."""
-    results = {}
     cfg = Config(augment=False)
     data, model, sampler, loader, _ = setup(cfg)
     x_all, y_all = data.train.source.load(data.train.positions)
@@ -177,9 +176,8 @@ def bench_data(reps: int) -> None:
     loaders["workers=0 augment"] = make_loader(aug.train, EpochBatchSampler(len(aug.train), 64, 0), 0, False)
     t = interleaved({"memory": memory, **{k: (lambda ld=ld: from_loader(ld)) for k, ld in loaders.items()}}, reps)
     for name in loaders:
-        results[name] = t["memory"] / t[name]
         target = ">= 0.95" if name == "workers=0" else "(informative)"
-        record(f"data: throughput, template loader ({name}) / in-memory", 1 / t[name], 1 / t["memory"], results[name],
+        record(f"data: throughput, template loader ({name}) / in-memory", 1 / t[name], 1 / t["memory"], t["memory"] / t[name],
                target, "epochs/s")
 
 
@@ -348,6 +346,8 @@ def main() -> None:
                         "default per section: " + ", ".join(f"{k} {v}" for k, v in REPS.items()))
     args = parser.parse_args()
     names = args.only.split(",")
+    if set(names) - set(BENCHES):
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(set(names) - set(BENCHES)))}; choose from {', '.join(BENCHES)}")
     for name in names:
         BENCHES[name](max(5, args.reps or REPS[name]))
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
