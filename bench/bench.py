@@ -23,9 +23,14 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from train import Trainer, evaluate  # noqa: E402
-from train.setup import build_model, build_optimizer, build_scheduler, set_determinism  # noqa: E402
-from train.trainer import save_state_file  # noqa: E402
+from train import (  # noqa: E402
+    Trainer,
+    checkpoint,  # noqa: E402
+    evaluate,
+)
+from train.build import build_model, build_optimizer, build_scheduler  # noqa: E402
+from train.checkpoint import TrainingParts, TrainState  # noqa: E402
+from train.device import set_determinism  # noqa: E402
 from utils.config import Config  # noqa: E402
 from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, make_loader  # noqa: E402
 
@@ -56,7 +61,7 @@ def record(figure: str, template: float, baseline: float, ratio: float, target: 
 
 
 def setup(cfg: Config):
-    set_determinism(cfg, torch.device("cpu"))
+    set_determinism(cfg.seed, cfg.deterministic, cfg.compile, torch.device("cpu"))
     data = build_data(cfg)
     if cfg.augment:
         data.train.enable_augment(cfg.seed, data.info)
@@ -70,14 +75,13 @@ def setup(cfg: Config):
 def make_trainer(cfg: Config, model, loader, val_loader) -> Trainer:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, loader.batch_sampler.steps_per_epoch())
-    start = {"epoch": 0, "step": 0, "global_step": 0, "history": [],
-             "sums": {"loss_sum": torch.zeros(()), "correct": torch.zeros((), dtype=torch.int64), "count": 0, "seconds": 0.0}}
-    return Trainer(cfg, model, model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False),
-                   loader, val_loader, torch.device("cpu"), None, start)
+    parts = TrainingParts(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
+    return Trainer(cfg=cfg, parts=parts, net=model, train_loader=loader, val_loader=val_loader,
+                   device=torch.device("cpu"), run=None, state=TrainState())
 
 
 def trainer_epoch(trainer: Trainer) -> None:
-    trainer.epoch, trainer.step = 1, 0
+    trainer.state.epoch, trainer.state.step = 1, 0
     trainer.train_epoch()
 
 
@@ -102,7 +106,7 @@ def bench_loop(reps: int) -> None:
     data, model, sampler, loader, val_loader = setup(cfg)
     trainer = make_trainer(cfg, model, loader, val_loader)
     fns = {"template": lambda: trainer_epoch(trainer),
-           "plain": lambda: plain_epoch(cfg, model, trainer.optimizer, trainer.scheduler, loader)}
+           "plain": lambda: plain_epoch(cfg, model, trainer.parts.optimizer, trainer.parts.scheduler, loader)}
     t = interleaved(fns, reps)
     step = t["plain"] / sampler.steps_per_epoch()  # one small_cnn step of the plain loop
     record("loop: Trainer epoch / hand-written loop (digits)", t["template"], t["plain"], t["template"] / t["plain"], "<= 1.03")
@@ -114,7 +118,7 @@ def bench_loop(reps: int) -> None:
     tiny = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     tiny_trainer = make_trainer(cfg, tiny, loader, val_loader)
     t = interleaved({"template": lambda: trainer_epoch(tiny_trainer),
-                     "plain": lambda: plain_epoch(cfg, tiny, tiny_trainer.optimizer, tiny_trainer.scheduler, loader)}, reps)
+                     "plain": lambda: plain_epoch(cfg, tiny, tiny_trainer.parts.optimizer, tiny_trainer.parts.scheduler, loader)}, reps)
     extra = (t["template"] - t["plain"]) / sampler.steps_per_epoch()
     record("loop: Trainer's own cost per step (one-layer model) / a small_cnn step", extra * 1e6, step * 1e6,
            1 + extra / step, "(informative: 1 + cost/step)", "us")
@@ -204,10 +208,10 @@ def bench_inference(reps: int) -> None:
 
 
 def bench_state(reps: int) -> None:
-    """4b. Saving and loading the full state (Trainer.state_dict()) the template's way against
-    bare torch.save / torch.load of the same dict. The template's save is the Trainer's:
-    save_state_file (temporary file, no CRC32, fsync, os.replace, fsync of the folder); its load
-    is train.py's load_state call, torch.load(map_location="cpu", weights_only=True)."""
+    """4b. Saving and loading the full state (checkpoint.state_dict) the template's way against
+    bare torch.save / torch.load of the same dict. The template's save is checkpoint.write_state
+    (temporary file, no CRC32, fsync, os.replace, fsync of the folder); its load is
+    checkpoint.read_state, torch.load(map_location="cpu", weights_only=True)."""
     tmp = Path(tempfile.mkdtemp(dir=ROOT / "bench"))
     try:
         for name in ("resnet18", "small_cnn"):
@@ -216,8 +220,8 @@ def bench_state(reps: int) -> None:
             trainer = make_trainer(cfg, model, loader, val_loader)
             x, y = next(iter(loader))
             F.cross_entropy(model(x), y).backward()
-            trainer.optimizer.step()  # AdamW's moments exist: the state is ~3x the weights
-            state = trainer.state_dict()
+            trainer.parts.optimizer.step()  # AdamW's moments exist: the state is ~3x the weights
+            state = checkpoint.state_dict(trainer.state, trainer.parts)
 
             def bare() -> None:
                 torch.save(state, tmp / "bare.pt")
@@ -230,8 +234,8 @@ def bench_state(reps: int) -> None:
                 torch.load(tmp / "bare.pt", weights_only=True)
 
             def template() -> None:
-                save_state_file(state, tmp / "state.pt")
-                torch.load(tmp / "state.pt", map_location="cpu", weights_only=True)
+                checkpoint.write_state(tmp, state)
+                checkpoint.read_state(tmp / "state.pt")
 
             # Each call starts with no dirty pages: otherwise the template's fsync (a journal commit)
             # would also write back what the bare side left in the page cache.

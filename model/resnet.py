@@ -5,13 +5,11 @@ import socket
 import torch
 from torch import nn
 
-from utils.errors import RunFailure
-
 
 def _imagenet_state_dict(weights) -> dict:
     """torchvision's ImageNet weights from the torch hub cache, downloading them when online.
 
-    Fails within seconds, naming where to put the file, when they cannot be had."""
+    Fails within seconds with an OSError naming where to put the file, when they cannot be had."""
     filename = os.path.basename(weights.url)
     path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
     old = socket.getdefaulttimeout()
@@ -19,7 +17,7 @@ def _imagenet_state_dict(weights) -> dict:
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as e:  # noqa: BLE001 - any download or read failure has the same fix
-        raise RunFailure(f"pretrained weights unavailable ({type(e).__name__}); download {weights.url} "
+        raise OSError(f"pretrained weights unavailable ({type(e).__name__}); download {weights.url} "
                          f"and put it at {path}, or set pretrained: false") from e
     finally:
         socket.setdefaulttimeout(old)
@@ -31,7 +29,7 @@ class _ResNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, image_size: int,
                  dropout: float = 0.0, pretrained: bool = False):
         super().__init__()
-        import torchvision  # heavy (~1.5 s): imported only when a resnet is built
+        import torchvision  # slow to import: only when a resnet is built
 
         builder = getattr(torchvision.models, self.arch)
         net = builder(weights=None)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from infer.compare import bootstrap_diff, mcnemar
 from tests.conftest import copy_project, make_image_folder
-from utils.compare import bootstrap_diff, mcnemar
 
 
 @pytest.fixture(scope="module")

@@ -53,17 +53,17 @@ def test_atomic_write_keeps_the_old_file_on_failure(store):
 
 
 def test_state_file_loads_safely_and_skips_only_the_crc(store):
-    """save_state_file drops the zip CRC32s (torch.load never reads them), leaves torch's own
-    setting as it was, and writes through a temporary file."""
+    """checkpoint.write_state drops the zip CRC32s (torch.load never reads them), leaves torch's own
+    setting as it was, and writes through a temporary file; read_state loads it safely."""
     import zipfile
 
     import torch
 
-    from train.trainer import save_state_file
+    from train.checkpoint import read_state, write_state
 
     state = {"w": torch.arange(1000.0), "step": 3, "history": [{"epoch": 1, "val_acc": 0.5}]}
-    save_state_file(state, store / "state.pt")
-    loaded = torch.load(store / "state.pt", weights_only=True)
+    write_state(store, state)
+    loaded = read_state(store / "state.pt")
     assert torch.equal(loaded["w"], state["w"]) and loaded["step"] == 3 and loaded["history"] == state["history"]
     assert torch.serialization.get_crc32_options() is True
     with zipfile.ZipFile(store / "state.pt") as z:

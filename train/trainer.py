@@ -1,10 +1,9 @@
-"""The Trainer: one class that runs the epochs, and evaluate(), which inference.py shares."""
+"""The Trainer: one class that runs the epochs, and evaluate(), which inference shares."""
 import contextlib
 import math
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -12,32 +11,21 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from train.setup import AMP_DTYPES, rng_state
+from train import checkpoint
+from train.checkpoint import TrainingParts, TrainState
+from train.device import AMP_DTYPES
 from utils import dist
 from utils.config import Config
 from utils.errors import Interrupted, RunFailure, fault_point
-from utils.runstore import RunFolder, atomic_write
+from utils.runstore import EPOCH_METRICS, RunFolder
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     """A batch on the device. memory_format is passed only for channels_last: asking for
-    contiguous_format re-strides 1-channel batches and sends CPU convolutions down a path
-    that is ~7% slower (measured by bench/bench.py)."""
+    contiguous_format re-strides 1-channel batches onto a slower CPU convolution path."""
     if channels_last:
         return x.to(device, non_blocking=True, memory_format=torch.channels_last)
     return x.to(device, non_blocking=True)
-
-
-def save_state_file(state: dict, path: Path) -> None:
-    """torch.save `state` to `path` atomically and durably (runstore.atomic_write), without the
-    zip records' CRC32: torch.load does not check it (pytorch#28858), and computing it is 30-40%
-    of the save time of a 128 MB state (bench/bench.py). Only `unzip -t` notices its absence."""
-    old = torch.serialization.get_crc32_options()  # torch >= 2.6 (pytorch#137735)
-    torch.serialization.set_crc32_options(False)
-    try:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
-    finally:
-        torch.serialization.set_crc32_options(old)
 
 
 @torch.inference_mode()
@@ -65,106 +53,101 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional
 
 
 class Trainer:
-    """Runs epochs [start epoch, cfg.epochs) of one run: train, validate, save, log.
+    """Runs epochs [state.epoch, cfg.epochs) of one run: train, validate, save, log.
 
-    Everything it uses is built by train.py and passed in. Position and running sums live on
-    the Trainer, so that a save at any step boundary can be continued exactly.
+    Everything it uses is built by train.py and passed in. The position and running sums live
+    in `self.state` (a TrainState), so that a save at any step boundary continues exactly.
     """
 
-    def __init__(self, cfg: Config, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler, scaler: torch.amp.GradScaler, train_loader, val_loader, device: torch.device,
-                 run: Optional[RunFolder], start: dict, tb=None):
-        self.cfg, self.model, self.net = cfg, model, net  # net: model wrapped by DDP / compile
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.train_loader, self.val_loader, self.device, self.run = train_loader, val_loader, device, run
+    def __init__(self, *, cfg: Config, parts: TrainingParts, net: nn.Module, train_loader, val_loader,
+                 device: torch.device, run: Optional[RunFolder], state: TrainState, tb=None):
+        self.cfg, self.parts, self.device, self.run = cfg, parts, device, run
+        self.net = net  # parts.model, wrapped by DDP and/or torch.compile: what the loop calls
+        self.train_loader, self.val_loader = train_loader, val_loader
         self.sampler = train_loader.batch_sampler
         self.amp_dtype = AMP_DTYPES[cfg.amp]
-        # Position in the run, and the running sums of the current epoch (restored from state.pt).
-        self.epoch, self.step, self.global_step = start["epoch"], start["step"], start["global_step"]
-        sums = start["sums"]
-        self.loss_sum, self.correct = sums["loss_sum"].to(device), sums["correct"].to(device)
-        self.count, self.seconds = sums["count"], sums["seconds"]
-        self.history: list[dict] = start["history"]
+        self.state = state.to(device)
         self.tb = tb  # a TensorBoard SummaryWriter, or None
-        self.stop_signal = 0
+        self.stop_signal = 0  # 130 or 143 once Ctrl-C or SIGTERM asked to stop
+
+    @property
+    def history(self) -> list[dict]:
+        return self.state.history
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
         """Train to cfg.epochs; returns the last epoch's metrics row."""
         with self._signal_handlers():
-            while self.epoch < self.cfg.epochs:
-                train = self.train_epoch()  # adds its time to self.seconds
+            while self.state.epoch < self.cfg.epochs:
+                train = self.train_epoch()  # adds its time to state.seconds
                 t0 = time.perf_counter()
                 val = self.validate()
-                row = {"epoch": self.epoch + 1, **train, **val,
-                       "lr": self.optimizer.param_groups[0]["lr"],
-                       "seconds": round(self.seconds + time.perf_counter() - t0, 3)}
-                self.history.append(row)
-                self.epoch, self.step = self.epoch + 1, 0
-                self.loss_sum.zero_()
-                self.correct.zero_()
-                self.count, self.seconds = 0, 0.0
+                row = {"epoch": self.state.epoch + 1, **train, **val,
+                       "lr": self.parts.optimizer.param_groups[0]["lr"],
+                       "seconds": round(self.state.seconds + time.perf_counter() - t0, 3)}
+                self.state.history.append(row)
+                self.state.next_epoch()
                 self.save_state()
-                if self.tb is not None:
-                    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-                        self.tb.add_scalar(key, row[key], row["epoch"])
-                    self.tb.flush()
-                self._log(f"epoch {row['epoch']}/{self.cfg.epochs}  train_loss {row['train_loss']:.4f}  "
-                          f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
-                          f"lr {row['lr']:.2e}  {row['seconds']:.1f}s")
-        return self.history[-1]
+                self._report(row)
+        return self.state.history[-1]
 
     def train_epoch(self) -> dict:
-        """The rest of epoch self.epoch from step self.step; returns its train loss and accuracy."""
-        cfg, accum = self.cfg, self.cfg.grad_accum_steps
-        steps = self.sampler.steps_per_epoch()
-        self.sampler.set_epoch(self.epoch, self.step)
+        """The rest of epoch state.epoch from step state.step; returns its train loss and accuracy."""
+        s, accum = self.state, self.cfg.grad_accum_steps
+        self.sampler.set_epoch(s.epoch, s.step)
         self.net.train()
         t0 = time.perf_counter()
-        show = cfg.progress and sys.stdout.isatty() and dist.is_main()
-        bar = tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not show, dynamic_ncols=True)
+        bar = self._progress_bar()
         for i, (x, y) in enumerate(self.train_loader):
-            x = to_device(x, self.device, self.cfg.channels_last)
-            y = y.to(self.device, non_blocking=True)
-            last = (i + 1) % accum == 0
-            # DDP: all-reduce the gradients only on the micro-batch that completes the step.
-            sync = contextlib.nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync()
-            with sync:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    logits = self.net(x)  # (B, classes)
-                    loss = F.cross_entropy(logits, y)
-                self.scaler.scale(loss / accum if accum > 1 else loss).backward()
-            self.loss_sum += loss.detach().float() * len(y)  # no .item(): no host sync per step
-            self.correct += (logits.detach().argmax(1) == y).sum()
-            self.count += len(y)
+            last = (i + 1) % accum == 0  # this micro-batch completes an optimizer step
+            self.forward_backward(x, y, accum, sync=last)
             if not last:
                 continue
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            self.step, self.global_step = self.step + 1, self.global_step + 1
+            self.optimizer_step()
             bar.update()
-            if self.step % 10 == 0:  # a NaN is caught within 10 steps, at one host sync per 10
+            if s.step % 10 == 0:  # a NaN is caught within 10 steps, at one host sync per 10
                 loss_so_far = self._check_finite()
-                if show:
-                    bar.set_postfix(loss=f"{loss_so_far / self.count:.4f}")
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{loss_so_far / s.count:.4f}")
             fault_point("step")
+            s.seconds, t0 = s.seconds + time.perf_counter() - t0, time.perf_counter()
             if self._stop_requested():
-                self.seconds += time.perf_counter() - t0
                 self._interrupt()
-            every = cfg.checkpoint_every_steps
-            if every and self.global_step % every == 0 and self.step < steps:
-                self.seconds += time.perf_counter() - t0
-                t0 = time.perf_counter()
+            every = self.cfg.checkpoint_every_steps
+            if every and s.global_step % every == 0 and s.step < self.sampler.steps_per_epoch():
                 self.save_state()
+                t0 = time.perf_counter()  # saving is not training time
         bar.close()
-        self.seconds += time.perf_counter() - t0
+        s.seconds += time.perf_counter() - t0
         self._check_finite()
-        count = int(dist.all_reduce_sum(torch.tensor(self.count, device=self.device)))
-        loss_sum, correct = (dist.all_reduce_sum(t.clone()) for t in (self.loss_sum, self.correct))
+        count = int(dist.all_reduce_sum(torch.tensor(s.count, device=self.device)))
+        loss_sum, correct = (dist.all_reduce_sum(t.clone()) for t in (s.loss_sum, s.correct))
         return {"train_loss": float(loss_sum) / max(1, count), "train_acc": int(correct) / max(1, count)}
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, accum: int, sync: bool) -> None:
+        """One micro-batch: forward, loss, backward (gradients summed over `accum` micro-batches)."""
+        x = to_device(x, self.device, self.cfg.channels_last)
+        y = y.to(self.device, non_blocking=True)
+        # DDP: all-reduce the gradients only on the micro-batch that completes the step.
+        no_sync = not sync and hasattr(self.net, "no_sync")
+        with self.net.no_sync() if no_sync else contextlib.nullcontext():
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits = self.net(x)  # (B, classes)
+                loss = F.cross_entropy(logits, y)
+            self.parts.scaler.scale(loss / accum if accum > 1 else loss).backward()
+        s = self.state
+        s.loss_sum += loss.detach().float() * len(y)  # no .item(): no host sync per step
+        s.correct += (logits.detach().argmax(1) == y).sum()
+        s.count += len(y)
+
+    def optimizer_step(self) -> None:
+        p = self.parts
+        p.scaler.step(p.optimizer)
+        p.scaler.update()
+        p.optimizer.zero_grad(set_to_none=True)
+        p.scheduler.step()
+        self.state.step += 1
+        self.state.global_step += 1
 
     def validate(self) -> dict:
         out = evaluate(self.net, self.val_loader, self.device, self.amp_dtype, self.cfg.channels_last)
@@ -172,44 +155,44 @@ class Trainer:
         loss_sum, count, correct = (dist.all_reduce_sum(t) for t in (out["loss_sum"], out["count"], correct))
         return {"val_loss": float(loss_sum) / max(1, int(count)), "val_acc": int(correct) / max(1, int(count))}
 
-    # ------------------------------------------------------------ saving
-    def state_dict(self) -> dict:
-        """Everything needed to continue exactly from this step boundary."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,            # the epoch in progress (0-based)
-            "step": self.step,              # optimizer steps done in it
-            "global_step": self.global_step,
-            "sums": {"loss_sum": self.loss_sum.detach().cpu(), "correct": self.correct.cpu(), "count": self.count,
-                     "seconds": self.seconds},
-            "history": self.history,        # metrics rows of the finished epochs, lineage included
-            "world_size": dist.world_size(),
-            "rng": dist.gather_objects(rng_state()),  # one entry per process
-        }
-
+    # ------------------------------------------------------------ saving and reporting
     def save_state(self) -> None:
-        """state.pt (then metrics.csv and run.json) at a step boundary; only rank 0 writes."""
-        state = self.state_dict()
+        """state.pt, then metrics.csv and run.json, at a step boundary; only rank 0 writes."""
+        saved = checkpoint.state_dict(self.state, self.parts)  # every rank: it gathers the RNG states
         if self.run is None:
             return
         fault_point("save")
-        save_state_file(state, self.run.folder / "state.pt")
-        self.run.write_metrics(self.history)
-        last = self.history[-1] if self.history else {}
-        self.run.write_info(epochs_done=self.epoch, steps_done=self.global_step,
-                            state={"epoch": self.epoch, "step": self.step},
-                            metrics={k: last[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in last})
+        checkpoint.write_state(self.run.folder, saved)
+        self.run.write_metrics(self.state.history)
+        last = self.state.history[-1] if self.state.history else {}
+        self.run.write_info(epochs_done=self.state.epoch, steps_done=self.state.global_step,
+                            state={"epoch": self.state.epoch, "step": self.state.step},
+                            metrics={k: last[k] for k in EPOCH_METRICS if k in last})
+
+    def _report(self, row: dict) -> None:
+        """The epoch's line in train.log, and its scalars in TensorBoard."""
+        if self.tb is not None:
+            for key in (*EPOCH_METRICS, "lr"):
+                self.tb.add_scalar(key, row[key], row["epoch"])
+            self.tb.flush()
+        if self.run is not None:
+            self.run.log(f"epoch {row['epoch']}/{self.cfg.epochs}  train_loss {row['train_loss']:.4f}  "
+                         f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
+                         f"lr {row['lr']:.2e}  {row['seconds']:.1f}s")
+
+    def _progress_bar(self) -> tqdm:
+        """A bar on a terminal only (never in logs), drawn by rank 0."""
+        show = self.cfg.progress and sys.stdout.isatty() and dist.is_main()
+        return tqdm(total=self.sampler.steps_per_epoch(), initial=self.state.step, leave=False, disable=not show,
+                    desc=f"epoch {self.state.epoch + 1}/{self.cfg.epochs}", dynamic_ncols=True)
 
     # ------------------------------------------------------------ stopping
     def _check_finite(self) -> float:
         """The epoch's loss sum so far; a NaN or infinity stops the run (marked failed)."""
-        loss_sum = float(self.loss_sum)
+        loss_sum = float(self.state.loss_sum)
         if not math.isfinite(loss_sum):
-            raise RunFailure(f"the training loss became {float(self.loss_sum)} in epoch {self.epoch + 1} near step "
-                             f"{self.step}; lower lr (now {self.cfg.lr}) or check the data. The run is marked failed")
+            raise RunFailure(f"the training loss became {loss_sum} in epoch {self.state.epoch + 1} near step "
+                             f"{self.state.step}; lower lr (now {self.cfg.lr}) or check the data. The run is marked failed")
         return loss_sum
 
     def _stop_requested(self) -> bool:
@@ -217,7 +200,7 @@ class Trainer:
         the flag is agreed with an all-reduce every 10 steps (a host sync, hence not every step)."""
         if not dist.enabled():
             return bool(self.stop_signal)
-        if self.step % 10:
+        if self.state.step % 10:
             return False
         flag = dist.all_reduce_max(torch.tensor(self.stop_signal, device=self.device))
         self.stop_signal = int(flag)
@@ -229,8 +212,8 @@ class Trainer:
         self._check_finite()
         self.save_state()
         if self.run is not None:
-            self.run.log(f"interrupted at epoch {self.epoch + 1}, step {self.step}; state saved. Continue with:\n"
-                         f"  python train.py resume={self.run.id} epochs={self.cfg.epochs}")
+            self.run.log(f"interrupted at epoch {self.state.epoch + 1}, step {self.state.step}; state saved. "
+                         f"Continue with:\n  python train.py resume={self.run.id} epochs={self.cfg.epochs}")
             self.run.close("interrupted")
         raise Interrupted(code)
 
@@ -247,8 +230,3 @@ class Trainer:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-
-    def _log(self, message: str) -> None:
-        if self.run is not None:
-            self.run.log(message)
-

@@ -67,9 +67,10 @@ KEYS = [f.name for f in dataclasses.fields(Config)]
 TYPES = get_type_hints(Config)
 HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
-# On resume these come from config/config.yaml and the command line; all others from the parent.
-MACHINE_KEYS = ("resume", "device", "inference_device", "epochs", "num_workers",
-                "checkpoint_every_steps", "progress", "tensorboard")
+# Keys that describe the machine a run is on, not the experiment.
+MACHINE_KEYS = ("device", "inference_device", "num_workers", "checkpoint_every_steps", "progress", "tensorboard")
+# A continuation takes these from config/config.yaml and the command line, all others from its parent.
+CONTINUATION_KEYS = ("resume", "epochs", *MACHINE_KEYS)
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
     "scheduler": ("none", "step", "cosine"),
@@ -84,21 +85,26 @@ def suggest(word: str, options: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _type_name(tp: Any) -> str:
-    base = tp.__args__[0] if getattr(tp, "__args__", None) else tp
+def base_type(key: str) -> tuple[type, bool]:
+    """The key's declared type without Optional, and whether it may be null."""
+    tp = TYPES[key]
+    args = getattr(tp, "__args__", None)
+    return (args[0], True) if args else (tp, False)
+
+
+def _type_name(key: str) -> str:
+    base, optional = base_type(key)
     name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
-    return name + (" or null" if base is not tp else "")
+    return name + (" or null" if optional else "")
 
 
 def convert(key: str, value: Any) -> Any:
     """Convert a value read by yaml.safe_load to the key's declared type, or raise ValueError."""
-    tp = TYPES[key]
-    optional = getattr(tp, "__args__", None) is not None
-    base = tp.__args__[0] if optional else tp
+    base, optional = base_type(key)
     if value is None:
         if optional:
             return None
-        raise ValueError(f"expected {_type_name(tp)}, got null")
+        raise ValueError(f"expected {_type_name(key)}, got null")
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -123,21 +129,24 @@ def convert(key: str, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool) and key in ("resume", "init_from"):
             raise ValueError(f"YAML read this value as the number {value} (a time like 12:00:00 "
                              "is a number in YAML); quote it")
-    raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
+    raise ValueError(f"expected {_type_name(key)}, got {value!r}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'KEY=VALUE' -> (key, value). String keys keep their text as typed; others go
-    through yaml.safe_load so that `amp=bf16`, `lr=1e-3`, `deterministic=false` all work."""
+    """'KEY=VALUE' -> (key, value). String keys keep their text as typed (without matching quotes
+    around it, as YAML reads them); others go through yaml.safe_load so that `amp=bf16`,
+    `lr=1e-3`, `deterministic=false` all work."""
     if "=" not in text:
         raise UsageError(f"'{text}' is not KEY=VALUE; e.g. epochs=5 (see --help for the keys)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if key not in TYPES:
         raise UsageError(f"unknown key '{key}'{suggest(key, KEYS)}; see --help for the keys")
-    base = TYPES[key].__args__[0] if getattr(TYPES[key], "__args__", None) else TYPES[key]
-    if base is str:
-        return key, None if raw.strip().lower() in ("null", "none", "~", "") else raw.strip()
+    raw = raw.strip()
+    if base_type(key)[0] is str:
+        if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+            return key, raw[1:-1]
+        return key, None if raw.lower() in ("null", "none", "~", "") else raw
     try:
         return key, yaml.safe_load(raw)
     except yaml.YAMLError:

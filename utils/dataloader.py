@@ -130,7 +130,7 @@ def _mean_std(cfg: Config, channels: int) -> tuple:
 
 
 def _digits(cfg: Config) -> tuple[TensorSource, DataInfo]:
-    """scikit-learn's 1,797 8x8 digits, read from its data file (importing sklearn costs ~1 s)."""
+    """scikit-learn's 1,797 8x8 digits, read from its data file (importing sklearn is slow)."""
     spec = importlib.util.find_spec("sklearn")
     path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
     if path is not None and path.exists():

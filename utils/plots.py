@@ -1,6 +1,6 @@
-"""Pictures. matplotlib is imported only when drawing (~0.5 s), and through its Figure class,
-not pyplot: no backend or GUI machinery, nothing to close (the pattern matplotlib documents for
-web servers)."""
+"""Pictures. matplotlib is imported only when drawing (its import is slow), and through its
+Figure class, not pyplot: no backend or GUI machinery, nothing to close (the pattern matplotlib
+documents for web servers)."""
 from pathlib import Path
 
 from utils.runstore import atomic_write
@@ -23,7 +23,7 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
 
     epochs = [r["epoch"] for r in rows]
     fig = new_figure(10, 4)
-    # Fixed margins: tight_layout measures every text box and costs ~0.1 s of a short run.
+    # Fixed margins: tight_layout measures every text box, a visible cost at the end of a short run.
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.84 if title else 0.9, wspace=0.22)
     ax_loss, ax_acc = fig.subplots(1, 2)
     for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):

@@ -27,6 +27,8 @@ RUN_ID_RE = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(_\d+)?$")
 COLON_ID_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[_ T](\d{2}):(\d{2}):(\d{2})(_\d+)?$")
 STORE_LOCK = ".store.lock"  # guards run id allocation and the checkpoints/ view
 VIEW_FILES = ("config.yaml", "run.json", "model.safetensors")
+# What run.json's "metrics" keeps of an epoch's row of metrics.csv.
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
 # ---------------------------------------------------------------- durable writes
@@ -178,19 +180,25 @@ def list_runs(experiments: Optional[Path] = None) -> list[dict]:
     return sorted(runs, key=lambda r: (r.get("start_utc", ""), r["id"]))
 
 
-def find_run(spec: str, key: str, want: Callable[[dict], bool], what: str) -> dict:
-    """The run `spec` names ('latest': the newest run for which want() holds)."""
+def find_run(spec: str, key: str, want: Callable[[dict], bool], what: str,
+             refuse: Optional[Callable[[dict], Optional[str]]] = None) -> dict:
+    """The run `spec` names ('latest': the newest run for which want() holds). It is refused
+    (exit 2) when refuse(run) gives a reason."""
     spec = normalize_run_id(spec, key)
     runs = list_runs()
     if spec == "latest":
         chosen = [r for r in runs if want(r)]
         if not chosen:
             raise UsageError(f"{key}: latest: no run {what} in experiments/; train one first with python train.py")
-        return chosen[-1]
-    for r in runs:
-        if r["id"] == spec:
-            return r
-    raise UsageError(f"{key}: no run '{spec}' in experiments/{recent_ids_hint()}")
+        run = chosen[-1]
+    else:
+        run = next((r for r in runs if r["id"] == spec), None)
+        if run is None:
+            raise UsageError(f"{key}: no run '{spec}' in experiments/{recent_ids_hint()}")
+    reason = refuse(run) if refuse is not None else None
+    if reason:
+        raise UsageError(f"{key}: run {run['id']} {reason}")
+    return run
 
 
 def children_of(run_id: str) -> list[str]:
@@ -295,9 +303,10 @@ class RunFolder:
         write_json(self.folder / "run.json", self.info, readonly)
 
     def write_metrics(self, rows: list[dict], readonly: bool = False) -> None:
-        """metrics.csv, whole, from rows (the lineage's rows first)."""
-        cols = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
-        lines = [",".join(cols)] + [",".join(_fmt(r[c]) for c in cols) for r in rows]
+        """metrics.csv, whole, from rows (the lineage's rows first); one column per key of the rows,
+        in the order first seen, empty where a row lacks it."""
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        lines = [",".join(cols)] + [",".join(_fmt(r[c]) if c in r else "" for c in cols) for r in rows]
         write_text(self.folder / "metrics.csv", "\n".join(lines) + "\n", readonly)
 
     def finish(self, weights: Path, **fields) -> None:
@@ -340,4 +349,4 @@ def read_metrics(folder: Path) -> list[dict]:
     except OSError:
         return []
     cols = lines[0].split(",") if lines else []
-    return [{c: (int(v) if c == "epoch" else float(v)) for c, v in zip(cols, line.split(","))} for line in lines[1:]]
+    return [{c: (int(v) if c == "epoch" else float(v)) for c, v in zip(cols, line.split(",")) if v} for line in lines[1:]]

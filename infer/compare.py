@@ -1,4 +1,5 @@
 """A/B comparison of two runs on exactly the same samples (inference.py --compare)."""
+import dataclasses
 import time
 from pathlib import Path
 from typing import Optional
@@ -6,12 +7,14 @@ from typing import Optional
 import numpy as np
 import torch
 
+from infer.runs import LoadedRun, amp_dtype, inference_dir, is_finished, load_run, per_class_accuracy, select_run
 from train import evaluate
-from train.setup import resolve_device
+from train.device import resolve_device
 from utils.config import KEYS, Config
 from utils.dataloader import EvalBatchSampler, FileSource, SplitSet, build_data, folder_samples, make_loader
 from utils.errors import UsageError
-from utils.runstore import find_run, write_json, write_text
+from utils.plots import new_figure, save_figure
+from utils.runstore import find_run, read_metrics, write_json, write_text
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -46,7 +49,7 @@ def reading(test: dict, a: str, b: str) -> str:
     return f"The difference in accuracy could well be chance (p = {p:.3g} >= 0.05); more samples would be needed to tell them apart."
 
 
-def _samples(a, b, input_path: Optional[str]) -> tuple[SplitSet, SplitSet, list, str]:
+def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[SplitSet, SplitSet, list, str]:
     """The same samples as each run sees them (own preprocessing): B's validation split, or a
     labelled folder. Refuses samples that A trained on."""
     if input_path:
@@ -62,7 +65,7 @@ def _samples(a, b, input_path: Optional[str]) -> tuple[SplitSet, SplitSet, list,
         if overlap:
             raise UsageError(f"--compare: {len(overlap)} of these samples are in run {a.run['id']}'s training data "
                              f"(e.g. {overlap[0]}); compare on held-out samples")
-        sets = [SplitSet(FileSource(samples, lr.info, ids), list(range(len(samples)))) for lr in (a, b)]
+        sets = [SplitSet(FileSource(samples, run.info, ids), list(range(len(samples)))) for run in (a, b)]
         return sets[0], sets[1], ids, f"the labelled folder {root}"
     data_b = build_data(b.cfg)
     if data_b.val_hash != b.run["val_hash"]:
@@ -104,19 +107,24 @@ def _latency(model: torch.nn.Module, x: torch.Tensor, device: torch.device, repe
     return float(np.median(times[2:]))
 
 
-def compare(a, b, input_path: Optional[str], device: torch.device) -> dict:
-    """The A/B report as a dict (and the arrays the picture needs)."""
-    from inference import amp_dtype, per_class_accuracy  # shared with inference.py
+@dataclasses.dataclass
+class Comparison:
+    report: dict            # what the .md and .json say
+    outs: dict              # "A", "B": evaluate()'s output for each run
+    target: torch.Tensor    # (N,) the labels both runs were scored against
 
+
+def compare(a: LoadedRun, b: LoadedRun, input_path: Optional[str], device: torch.device) -> Comparison:
+    """Evaluate both runs on the same samples and build the A/B report."""
     if a.info.class_names != b.info.class_names:
         raise UsageError(f"--compare: the runs have different classes ({a.info.class_names} vs {b.info.class_names})")
     set_a, set_b, ids, where = _samples(a, b, input_path)
     outs = {}
-    for name, lr, dataset in (("A", a, set_a), ("B", b, set_b)):
-        loader = make_loader(dataset, EvalBatchSampler(len(dataset), lr.cfg.batch_size), 0, device.type == "cuda")
-        out = evaluate(lr.model, loader, device, amp_dtype(lr.cfg, device), lr.cfg.channels_last)
-        x, _ = dataset.__getitems__([(-1, p) for p in range(min(len(dataset), lr.cfg.batch_size))])
-        out["latency"] = _latency(lr.model, x.to(device), device)
+    for name, run, dataset in (("A", a, set_a), ("B", b, set_b)):
+        loader = make_loader(dataset, EvalBatchSampler(len(dataset), run.cfg.batch_size), 0, device.type == "cuda")
+        out = evaluate(run.model, loader, device, amp_dtype(run.cfg, device), run.cfg.channels_last)
+        x, _ = dataset.__getitems__([(-1, p) for p in range(min(len(dataset), run.cfg.batch_size))])
+        out["latency"] = _latency(run.model, x.to(device), device)
         outs[name] = out
     target = outs["B"]["target"]
     assert torch.equal(target, outs["A"]["target"]), "both runs see the same labels"
@@ -146,7 +154,7 @@ def compare(a, b, input_path: Optional[str], device: torch.device) -> dict:
         "config_diff": {k: {"A": cfg_a[k], "B": cfg_b[k]} for k in KEYS if k != "resume" and cfg_a[k] != cfg_b[k]},
         "model_source_changed": a.run.get("model_source_sha256") != b.run.get("model_source_sha256"),
     }
-    return report, outs, target
+    return Comparison(report, outs, target)
 
 
 def to_markdown(r: dict) -> str:
@@ -177,11 +185,10 @@ def to_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_compare(r: dict, outs: dict, target: torch.Tensor, names: list, history: dict, path: Path) -> None:
+def plot_compare(result: Comparison, names: list, history: dict, path: Path) -> None:
     """Confusion matrices side by side, and both runs' training curves."""
+    r, outs, target = result.report, result.outs, result.target
     from matplotlib.ticker import MaxNLocator
-
-    from utils.plots import new_figure, save_figure
 
     k = len(names)
     fig = new_figure(20, 4.8, layout="tight")
@@ -215,26 +222,19 @@ def plot_compare(r: dict, outs: dict, target: torch.Tensor, names: list, history
 
 def compare_main(cfg: Config, runs: list[str], input_path: Optional[str]) -> int:
     """inference.py --compare A [B]: print the report, write .md, .json and .png under B's inference/."""
-    from inference import load_run, select_run
-    from utils.runstore import read_metrics
-
     if len(runs) > 2:
         raise UsageError(f"--compare takes one or two run ids, got {len(runs)}")
     device = resolve_device(cfg.inference_device, "inference_device")
-    run_a = find_run(runs[0], "--compare", lambda r: r.get("status") == "finished", "that finished")
+    run_a = find_run(runs[0], "--compare", is_finished, "that finished",
+                     lambda r: None if is_finished(r) else f"has no final weights (status {r.get('status')}); pick a finished run")
     run_b = select_run(runs[1] if len(runs) > 1 else cfg.resume, "--compare" if len(runs) > 1 else "resume")
-    if run_a.get("status") != "finished":
-        raise UsageError(f"--compare: run {run_a['id']} has no final weights (status {run_a.get('status')}); pick a finished run")
     a, b = load_run(run_a, device), load_run(run_b, device)
-    report, outs, target = compare(a, b, input_path, device)
-    md = to_markdown(report)
+    result = compare(a, b, input_path, device)
+    md = to_markdown(result.report)
     print(md)
-    out_dir = b.folder / "inference"
-    out_dir.mkdir(exist_ok=True)
-    stem = out_dir / f"compare_{a.run['id']}_vs_{b.run['id']}"
+    stem = inference_dir(b) / f"compare_{a.run['id']}_vs_{b.run['id']}"
     write_text(stem.with_suffix(".md"), md)
-    write_json(stem.with_suffix(".json"), report)
-    plot_compare(report, outs, target, b.info.class_names,
-                 {"A": read_metrics(a.folder), "B": read_metrics(b.folder)}, stem.with_suffix(".png"))
+    write_json(stem.with_suffix(".json"), result.report)
+    plot_compare(result, b.info.class_names, {"A": read_metrics(a.folder), "B": read_metrics(b.folder)}, stem.with_suffix(".png"))
     print(f"wrote {stem}.md, .json and .png")
     return 0

@@ -1,0 +1,97 @@
+"""Finding a trained run and rebuilding it for use: what inference.py and the A/B report share."""
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from train import evaluate
+from train.build import build_model, load_weights
+from train.device import AMP_DTYPES
+from utils.config import Config, build_config, read_yaml
+from utils.dataloader import DataInfo, EvalBatchSampler, build_data, info_from_run, make_loader
+from utils.errors import RunFailure, UsageError
+from utils.runstore import EXPERIMENTS, children_of, find_run, list_runs
+
+
+def is_finished(run: dict) -> bool:
+    return run.get("status") == "finished"
+
+
+def select_run(spec: Optional[str], key: str = "resume") -> dict:
+    """The run to use: spec None or 'latest' -> the newest finished run; an id -> that run, which
+    must have final weights. Prints a notice when a newer run did not finish, or the run was continued."""
+    def refuse(run: dict) -> Optional[str]:
+        if run.get("status") in ("finished", "damaged"):  # damaged: load_weights says what differs (exit 1)
+            return None
+        return (f"has no final weights (status {run.get('status')}); continue it with python train.py "
+                f"resume={run['id']}, or pick a finished run (--list)")
+
+    run = find_run(spec or "latest", key, is_finished, "that finished", refuse)
+    if spec in (None, "latest"):
+        newer = [r for r in list_runs() if r.get("start_utc", "") > run["start_utc"]]
+        if newer:
+            print(f"note: newer run {newer[-1]['id']} is {newer[-1].get('status')}; using the latest finished run "
+                  f"{run['id']}", file=sys.stderr)
+    else:
+        kids = children_of(run["id"])
+        if kids:
+            print(f"note: run {run['id']} was continued by {', '.join(kids)}", file=sys.stderr)
+    return run
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A finished run rebuilt from its folder: its run.json, config, data description and model."""
+    run: dict
+    cfg: Config
+    info: DataInfo
+    model: torch.nn.Module
+    folder: Path
+
+
+def load_run(run: dict, device: torch.device) -> LoadedRun:
+    """Rebuild a run's model from its folder alone (config.yaml + model.safetensors, checked
+    against run.json's size and sha256), in eval mode on `device`."""
+    folder = EXPERIMENTS / run["id"]
+    try:
+        cfg = build_config(read_yaml(folder / "config.yaml"))
+    except UsageError as e:
+        raise RunFailure(f"run {run['id']}: its config.yaml is unusable ({e})") from None
+    info = info_from_run(run)
+    model = build_model(dataclasses.replace(cfg, pretrained=False), info)  # weights come from the run
+    load_weights(model, folder / "model.safetensors", run.get("weights") or {"sha256": "", "size": -1})
+    return LoadedRun(run, cfg, info, model.to(device).eval(), folder)
+
+
+def amp_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
+    """Evaluate in the precision the run trained in, where the device supports it."""
+    return None if cfg.amp == "fp16" and device.type != "cuda" else AMP_DTYPES[cfg.amp]
+
+
+def evaluate_split(loaded: LoadedRun, device: torch.device) -> dict:
+    """evaluate() on the run's validation split, rebuilt from its config and checked against run.json;
+    adds the sample ids."""
+    data = build_data(loaded.cfg)
+    if data.val_hash != loaded.run["val_hash"]:
+        raise RunFailure(f"the validation split of run {loaded.run['id']} cannot be rebuilt: the data changed since "
+                         "training (validation hash differs); restore the data or evaluate with --input")
+    batch = loaded.cfg.batch_size // loaded.cfg.grad_accum_steps
+    loader = make_loader(data.val, EvalBatchSampler(len(data.val), batch), 0, device.type == "cuda")
+    out = evaluate(loaded.model, loader, device, amp_dtype(loaded.cfg, device), loaded.cfg.channels_last)
+    out["ids"] = data.val_ids
+    return out
+
+
+def per_class_accuracy(pred: torch.Tensor, target: torch.Tensor, n: int) -> list[Optional[float]]:
+    correct = torch.bincount(target[pred == target], minlength=n)
+    total = torch.bincount(target, minlength=n)
+    return [float(c) / float(t) if t else None for c, t in zip(correct, total)]
+
+
+def inference_dir(loaded: LoadedRun) -> Path:
+    """experiments/<id>/inference/, where everything inference writes for a run goes."""
+    out = loaded.folder / "inference"
+    out.mkdir(exist_ok=True)
+    return out

@@ -1,0 +1,154 @@
+"""state.pt: everything a run needs to continue exactly from a step boundary. Every read and
+write of the file goes through this module.
+
+A state.pt is one dict, saved with torch.save and loaded with torch.load(weights_only=True):
+the state_dicts of the training objects (TrainingParts), the run's position and running sums
+(TrainState), and the RNG states of every process.
+"""
+import dataclasses
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils import dist
+from utils.errors import RunFailure
+from utils.runstore import atomic_write, read_run
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainingParts:
+    """The objects whose state_dicts state.pt holds; main builds them, the Trainer steps them."""
+    model: nn.Module                      # unwrapped (not DDP, not compiled): what is saved
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+@dataclass
+class TrainState:
+    """Where a run is in its schedule, and what the epoch in progress has summed so far."""
+    epoch: int = 0                        # the epoch in progress, 0-based
+    step: int = 0                         # optimizer steps done in that epoch
+    global_step: int = 0                  # optimizer steps done in the whole lineage
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))   # sum of per-sample training losses
+    correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
+    count: int = 0                        # training samples seen in the epoch (this process)
+    seconds: float = 0.0                  # training time of the epoch so far
+    history: list = field(default_factory=list)  # one metrics row per finished epoch, lineage included
+
+    def to(self, device: torch.device) -> "TrainState":
+        """The running sums on `device`, where the loop adds to them without a host sync."""
+        return dataclasses.replace(self, loss_sum=self.loss_sum.to(device), correct=self.correct.to(device))
+
+    def next_epoch(self) -> None:
+        """Move to the start of the next epoch with empty sums."""
+        self.epoch, self.step = self.epoch + 1, 0
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.count, self.seconds = 0, 0.0
+
+
+# ---------------------------------------------------------------- saving
+def state_dict(state: TrainState, parts: TrainingParts) -> dict:
+    """The dict state.pt holds. Under DDP every process must call it: it gathers their RNG states."""
+    return {
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "epoch": state.epoch, "step": state.step, "global_step": state.global_step,
+        "sums": {"loss_sum": state.loss_sum.detach().cpu(), "correct": state.correct.cpu(), "count": state.count,
+                 "seconds": state.seconds},
+        "history": state.history,
+        "world_size": dist.world_size(),
+        "rng": dist.gather_objects(capture_rng()),  # one entry per process
+    }
+
+
+def write_state(folder: Path, checkpoint: dict) -> None:
+    """Write `checkpoint` to folder/state.pt atomically and durably, without the zip records'
+    CRC32: torch.load never checks it (pytorch#28858), and computing it is a large share of the
+    save time of a big state. Only a zip tool's test notices its absence."""
+    old = torch.serialization.get_crc32_options()  # torch >= 2.6 (pytorch#137735)
+    torch.serialization.set_crc32_options(False)
+    try:
+        atomic_write(folder / STATE_FILE, lambda tmp: torch.save(checkpoint, tmp))
+    finally:
+        torch.serialization.set_crc32_options(old)
+
+
+# ---------------------------------------------------------------- loading
+def find_state(experiments: Path, run_id: str) -> Optional[Path]:
+    """The state a run would continue from: its state.pt, or, for a continuation killed before
+    its first save, the state its parent left (and so on up the lineage); None: from step 0."""
+    for _ in range(10_000):  # a lineage is finite; the bound guards against a hand-edited loop
+        path = experiments / run_id / STATE_FILE
+        if path.exists():
+            return path
+        parent = (read_run(experiments / run_id) or {}).get("parent")
+        if not parent:
+            return None
+        run_id = parent["id"]
+    return None
+
+
+def read_state(path: Path) -> dict:
+    """A state.pt loaded safely: weights_only=True unpickles tensors and plain containers only."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged or unsafe file has one fix
+        raise RunFailure(f"{path} cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                         "it is damaged or not a state file; continue from another run") from None
+
+
+def load_state_dict(checkpoint: dict, parts: TrainingParts) -> tuple[TrainState, list[str]]:
+    """Put a state.pt's contents back into the objects and the RNGs; returns where the run
+    continues, and warnings for what may keep it from being exact."""
+    parts.model.load_state_dict(checkpoint["model"])
+    parts.optimizer.load_state_dict(checkpoint["optimizer"])  # moves the state beside the parameters
+    parts.scheduler.load_state_dict(checkpoint["scheduler"])
+    parts.scaler.load_state_dict(checkpoint["scaler"])
+    notes = []
+    rngs = checkpoint["rng"]
+    if len(rngs) != dist.world_size():
+        notes.append(f"warning: the parent ran on {len(rngs)} process(es), this run on {dist.world_size()}; "
+                     "exact continuation needs the same number")
+    restore_rng(rngs[dist.rank() % len(rngs)])
+    sums = checkpoint["sums"]
+    state = TrainState(epoch=checkpoint["epoch"], step=checkpoint["step"], global_step=checkpoint["global_step"],
+                       loss_sum=sums["loss_sum"], correct=sums["correct"], count=sums["count"],
+                       seconds=sums["seconds"], history=checkpoint["history"])
+    return state, notes
+
+
+# ---------------------------------------------------------------- random number generators
+def capture_rng() -> dict:
+    """The RNG states of python, numpy, torch CPU and every CUDA device, loadable with
+    weights_only=True (numpy's key array as a tensor)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        if len(state["cuda"]) != torch.cuda.device_count():
+            warnings.warn("state.pt has CUDA RNG states for another number of devices; continuation may differ", stacklevel=2)
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
