@@ -39,7 +39,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from train.device import resolve_device
 
     device = resolve_device(cfg.inference_device, "inference_device")
-    loaded = load_run(select_run(cfg.resume), device)
+    loaded = load_run(select_run(cfg.resume), device, cfg.weights)
     try:
         if args.input:
             predict(loaded, Path(args.input), device)
@@ -77,10 +77,10 @@ def validate(loaded: LoadedRun, device: torch.device) -> dict:
     acc = float((out["pred"] == out["target"]).sum()) / count
     metrics = {"run": loaded.run["id"], "device": str(device), "samples": count, "val_acc": acc,
                "val_loss": float(out["loss_sum"]) / count,
-               "recorded_val_acc": (loaded.run.get("metrics") or {}).get("val_acc"),
+               "weights": loaded.weights, "recorded_val_acc": loaded.recorded_metrics().get("val_acc"),
                "per_class_acc": dict(zip(names, per_class_accuracy(out["pred"], out["target"], len(names))))}
-    print(f"run {loaded.run['id']} ({loaded.cfg.base_model}) on {device}: val_acc {acc:.4f}  val_loss {metrics['val_loss']:.4f}"
-          f"  ({count} samples; recorded at training: {metrics['recorded_val_acc']})")
+    print(f"run {loaded.run['id']} ({loaded.cfg.base_model}, {loaded.weights} weights) on {device}: val_acc {acc:.4f}  "
+          f"val_loss {metrics['val_loss']:.4f}  ({count} samples; recorded at training: {metrics['recorded_val_acc']})")
     for name, a in metrics["per_class_acc"].items():
         print(f"  {name:>12}  {'-' if a is None else f'{a:.4f}'}")
     rows = [(i, names[t], names[p], f"{c:.6f}", int(p == t))

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from utils.config import CONTINUATION_KEYS, Config, build_config, load_config, make_parser, parse_args, read_yaml, to_yaml
+from utils.config import CONTINUATION_KEYS, Config, load_config, make_parser, parse_args, read_yaml, saved_config, to_yaml
 from utils.errors import RunFailure, UsageError, fault_point, run_main
-from utils.runstore import EPOCH_METRICS, EXPERIMENTS, RunFolder, atomic_write, find_run, format_table, list_runs
+from utils.runstore import BEST_FILE, EPOCH_METRICS, EXPERIMENTS, RunFolder, find_run, format_table, link_or_copy, list_runs
 
 if TYPE_CHECKING:
     import torch
@@ -42,19 +41,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(format_table(list_runs()))
         return 0
     plan = plan_run(load_config(args.config, args.overrides))
+    device = prepare_machine(plan.cfg)
+    data = load_data(plan.cfg)
+    model = build_model_for(plan, data, device)  # also resolves the config's `auto` values
     cfg = plan.cfg
-    device = prepare_machine(cfg)
-    from utils.dataloader import build_data
-
-    data = build_data(cfg)
-    if len(data.train) < cfg.batch_size:
-        raise UsageError(f"batch_size: {cfg.batch_size} is larger than the {len(data.train)} training samples; lower it")
     train_loader, val_loader = make_loaders(cfg, data, device)
-    parts = build_parts(cfg, data, plan.init, device, train_loader.batch_sampler.steps_per_epoch())
+    parts = build_parts(cfg, model, train_loader.batch_sampler.steps_per_epoch(), device)
     state = restore(plan, parts, device)
-    run = start_run(plan, state, data, parts.model, device)
-    trainer = make_trainer(cfg, parts, train_loader, val_loader, device, run, state)
-    return fit_and_finish(trainer, run, cfg, data)
+    run = start_run(plan, state, data, model, device)
+    trainer = make_trainer(cfg, parts, train_loader, val_loader, device, run, state, weights_meta(cfg, data))
+    return fit_and_finish(trainer, run, cfg)
 
 
 # ---------------------------------------------------------------- before anything is written
@@ -80,7 +76,7 @@ def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
                       lambda r: "is still running; wait for it to end or stop it first" if r["status"] == "running" else None)
     config_file = EXPERIMENTS / parent["id"] / "config.yaml"
     try:  # run.json keeps the config too, for a run killed before it wrote config.yaml
-        parent_cfg = build_config(read_yaml(config_file) if config_file.exists() else parent["config"])
+        parent_cfg = saved_config(read_yaml(config_file) if config_file.exists() else parent["config"])
     except (UsageError, KeyError) as e:
         raise UsageError(f"resume: the config of run {parent['id']} is unusable ({e})") from None
     done = parent.get("epochs_done", 0)
@@ -124,40 +120,67 @@ def prepare_machine(cfg: Config) -> torch.device:
 
 
 # ---------------------------------------------------------------- building
+def load_data(cfg: Config) -> Data:
+    from utils.dataloader import build_data
+
+    data = build_data(cfg)
+    if len(data.train) < cfg.batch_size:
+        raise UsageError(f"batch_size: {cfg.batch_size} is larger than the {len(data.train)} training samples; lower it")
+    return data
+
+
+def build_model_for(plan: Plan, data: Data, device: torch.device) -> torch.nn.Module:
+    """The model on the device, from init_from's weights if set; plan.cfg's `auto` values resolved for it."""
+    import torch
+
+    from train.build import build_model, load_weights, resolve_auto
+
+    model = build_model(plan.cfg, data.info)
+    if plan.init is not None:
+        load_weights(model, EXPERIMENTS / plan.init["id"] / "model.safetensors", plan.init["weights"], "init_from")
+    plan.cfg = resolve_auto(plan.cfg, device, model)
+    if plan.cfg.channels_last == "true":
+        model.to(device, memory_format=torch.channels_last)
+    else:
+        model.to(device)
+    return model
+
+
 def make_loaders(cfg: Config, data: Data, device: torch.device) -> tuple:
     """The training loader (this process's share of every global batch, in the order and with the
     augmentation that (seed, epoch, index) fix) and the validation loader (this process's share)."""
     from utils import dist
+    from utils.augment import Augment
     from utils.dataloader import EpochBatchSampler, EvalBatchSampler, make_loader
 
     world, rank = dist.world_size(), dist.rank()
     sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed, rank, world, cfg.grad_accum_steps)
-    if cfg.augment:
-        data.train.enable_augment(cfg.seed, data.info)
+    aug = Augment(cfg.seed, cfg.augment, cfg.random_erasing, cfg.mixup_alpha, cfg.cutmix_alpha, len(data.info.class_names))
+    if aug.policy != "none" or aug.random_erasing or aug.mixes:
+        data.train.augment = aug
     pin = device.type == "cuda"
     per_process = cfg.batch_size // (world * cfg.grad_accum_steps)
     val_sampler = EvalBatchSampler(len(data.val), per_process, rank, world)
     return make_loader(data.train, sampler, cfg.num_workers, pin), make_loader(data.val, val_sampler, cfg.num_workers, pin)
 
 
-def build_parts(cfg: Config, data: Data, init: Optional[dict], device: torch.device, steps_per_epoch: int) -> TrainingParts:
-    """The model (from init_from's weights if set) on the device, its optimizer, schedule and scaler."""
+def build_parts(cfg: Config, model: torch.nn.Module, steps_per_epoch: int, device: torch.device) -> TrainingParts:
+    """The model with its optimizer, schedule, gradient scaler and weight average."""
     import torch
 
-    from train.build import build_model, build_optimizer, build_scheduler, load_weights
+    from train.build import build_ema, build_optimizer, build_scheduler
     from train.checkpoint import TrainingParts
 
-    model = build_model(cfg, data.info)
-    if init is not None:
-        load_weights(model, EXPERIMENTS / init["id"] / "model.safetensors", init["weights"], "init_from")
-    if cfg.channels_last:
-        model.to(device, memory_format=torch.channels_last)
-    else:
-        model.to(device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    return TrainingParts(model, optimizer, scheduler, scaler)
+    return TrainingParts(model, optimizer, scheduler, scaler, build_ema(cfg, model))
+
+
+def weights_meta(cfg: Config, data: Data) -> dict:
+    """What a weights file says about itself: enough to rebuild the model, nothing run-specific, so
+    the same experiment gives the same file (and sha256) whatever its run id."""
+    return {"base_model": cfg.base_model, "dropout": cfg.dropout, "data": dataclasses.asdict(data.info)}
 
 
 def restore(plan: Plan, parts: TrainingParts, device: torch.device) -> TrainState:
@@ -174,7 +197,7 @@ def restore(plan: Plan, parts: TrainingParts, device: torch.device) -> TrainStat
 
 
 def make_trainer(cfg: Config, parts: TrainingParts, train_loader, val_loader, device: torch.device,
-                 run: Optional[RunFolder], state: TrainState) -> Trainer:
+                 run: Optional[RunFolder], state: TrainState, meta: dict) -> Trainer:
     """The Trainer, with the model wrapped for DDP and torch.compile as configured."""
     import torch
 
@@ -191,7 +214,7 @@ def make_trainer(cfg: Config, parts: TrainingParts, train_loader, val_loader, de
         from torch.utils.tensorboard import SummaryWriter
         tb = SummaryWriter(log_dir=str(run.folder / "tb"))
     return Trainer(cfg=cfg, parts=parts, net=net, train_loader=train_loader, val_loader=val_loader,
-                   device=device, run=run, state=state, tb=tb)
+                   device=device, run=run, state=state, weights_meta=meta, tb=tb)
 
 
 # ---------------------------------------------------------------- the run folder
@@ -204,12 +227,21 @@ def start_run(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module,
     cfg, parent = plan.cfg, plan.parent
     run = RunFolder.create(to_yaml(cfg), run_info(plan, state, data, model, device))
     fault_point("started")
+    inherit_best(run, parent)
     what = f"continuing run {parent['id']} from epoch {state.epoch + 1}, step {state.step}" if parent else "new run"
     run.log(f"run {run.id}: {what}; {cfg.base_model} on {cfg.dataset} ({len(data.train)} train / "
             f"{len(data.val)} val), {device} x{dist.world_size()}, {cfg.epochs} epochs")
     for line in plan.notes:
         run.log(line)
     return run
+
+
+def inherit_best(run: RunFolder, parent: Optional[dict]) -> None:
+    """A continuation starts with its parent's best epoch: the weights (a hard link) and their record."""
+    best = (parent or {}).get("best")
+    if best and (EXPERIMENTS / parent["id"] / BEST_FILE).exists():
+        link_or_copy(EXPERIMENTS / parent["id"] / BEST_FILE, run.folder / BEST_FILE)
+        run.write_info(best=best)
 
 
 def run_info(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, device: torch.device) -> dict:
@@ -223,20 +255,21 @@ def run_info(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, 
             "parent": {"id": plan.parent["id"], "epoch": state.epoch, "step": state.step} if plan.parent else None,
             "init_from": plan.init["id"] if plan.init else None, "model": cfg.base_model, "epochs": cfg.epochs,
             "epochs_done": state.epoch, "steps_done": state.global_step,
-            "class_names": data.info.class_names, "data": data_fields(data.info) | {"dataset": cfg.dataset},
+            "class_names": data.info.class_names,
+            "data": data_fields(data.info) | {"dataset": cfg.dataset, "val_split": data.val_split},
             "val_hash": data.val_hash, "train_size": len(data.train), "val_size": len(data.val),
             "params": sum(p.numel() for p in model.parameters()),
             "model_source_sha256": model_source_hash(cfg.base_model), **environment(device)}
 
 
-def fit_and_finish(trainer: Trainer, run: Optional[RunFolder], cfg: Config, data: Data) -> int:
+def fit_and_finish(trainer: Trainer, run: Optional[RunFolder], cfg: Config) -> int:
     """Train, then write the final weights; a failure or Ctrl-C marks the run and is re-raised."""
     from utils import dist
 
     try:
         final = trainer.fit()
         if run is not None:
-            finish(run, trainer.parts.model, cfg, data, final, trainer.history)
+            finish(run, trainer, cfg, final)
     except (Exception, KeyboardInterrupt) as e:
         if run is not None and run.info["status"] == "running":
             failed = not isinstance(e, KeyboardInterrupt)
@@ -253,23 +286,15 @@ def fit_and_finish(trainer: Trainer, run: Optional[RunFolder], cfg: Config, data
     return 0
 
 
-def finish(run: RunFolder, model: torch.nn.Module, cfg: Config, data: Data, final: dict, history: list[dict]) -> None:
-    """Write the weights (self-describing: config and data info in the metadata) and the
-    curves, then mark the run finished."""
-    from safetensors.torch import save_file
-
+def finish(run: RunFolder, trainer: Trainer, cfg: Config, final: dict) -> None:
+    """Write the final weights (the EMA when on) and the curves, then mark the run finished."""
+    from train.checkpoint import write_weights
     from utils.plots import plot_curves
 
-    weights = run.folder / "model.safetensors"
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    # Self-describing: what rebuilds the model, and nothing run-specific, so the same experiment
-    # gives the same file (and sha256) whatever its run id. One key: safetensors writes the
-    # metadata map in hash order, which would make the bytes differ between runs.
-    meta = {"template": json.dumps({"base_model": cfg.base_model, "dropout": cfg.dropout,
-                                    "data": dataclasses.asdict(data.info)}, sort_keys=True)}
     fault_point("weights")
-    atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    plot_curves(history, run.folder / "curves.png", title=f"run {run.id} ({cfg.base_model})")
+    weights = run.folder / "model.safetensors"
+    write_weights(weights, trainer.parts.eval_model(), trainer.weights_meta)
+    plot_curves(trainer.history, run.folder / "curves.png", title=f"run {run.id} ({cfg.base_model})")
     run.log(f"finished run {run.id}: val_acc {final['val_acc']:.4f}; weights in experiments/{run.id}/model.safetensors")
     fault_point("final")
     run.finish(weights, metrics={k: final[k] for k in EPOCH_METRICS})

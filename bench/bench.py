@@ -23,14 +23,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from train import (  # noqa: E402
-    Trainer,
-    checkpoint,  # noqa: E402
-    evaluate,
-)
-from train.build import build_model, build_optimizer, build_scheduler  # noqa: E402
+from train import Trainer, checkpoint, evaluate  # noqa: E402
+from train.build import build_model, build_optimizer, build_scheduler, resolve_auto  # noqa: E402
 from train.checkpoint import TrainingParts, TrainState  # noqa: E402
-from train.device import set_determinism  # noqa: E402
+from train.device import AMP_DTYPES, set_determinism  # noqa: E402
+from utils.augment import AUTO_POLICY, Augment  # noqa: E402
 from utils.config import Config  # noqa: E402
 from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, make_loader  # noqa: E402
 
@@ -63,9 +60,11 @@ def record(figure: str, template: float, baseline: float, ratio: float, target: 
 def setup(cfg: Config):
     set_determinism(cfg.seed, cfg.deterministic, cfg.compile, torch.device("cpu"))
     data = build_data(cfg)
-    if cfg.augment:
-        data.train.enable_augment(cfg.seed, data.info)
+    if cfg.augment != "none":
+        data.train.augment = Augment(cfg.seed, AUTO_POLICY[cfg.dataset] if cfg.augment == "auto" else cfg.augment)
     model = build_model(cfg, data.info)
+    if resolve_auto(cfg, torch.device("cpu"), model).channels_last == "true":
+        model.to(memory_format=torch.channels_last)  # as train.py does
     sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed)
     loader = make_loader(data.train, sampler, cfg.num_workers, False)
     val_loader = make_loader(data.val, EvalBatchSampler(len(data.val), cfg.batch_size), 0, False)
@@ -73,11 +72,12 @@ def setup(cfg: Config):
 
 
 def make_trainer(cfg: Config, model, loader, val_loader) -> Trainer:
+    cfg = resolve_auto(cfg, torch.device("cpu"), model)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, loader.batch_sampler.steps_per_epoch())
     parts = TrainingParts(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
     return Trainer(cfg=cfg, parts=parts, net=model, train_loader=loader, val_loader=val_loader,
-                   device=torch.device("cpu"), run=None, state=TrainState())
+                   device=torch.device("cpu"), run=None, state=TrainState(), weights_meta={})
 
 
 def trainer_epoch(trainer: Trainer) -> None:
@@ -86,11 +86,17 @@ def trainer_epoch(trainer: Trainer) -> None:
 
 
 def plain_epoch(cfg, model, optimizer, scheduler, loader) -> None:
-    """The loop a user writes by hand (torchvision reference style)."""
+    """The loop a user writes by hand (torchvision reference style), with the hardware features
+    the template's defaults use here (bf16 autocast, channels_last)."""
+    cfg = resolve_auto(cfg, torch.device("cpu"), model)
     loader.batch_sampler.set_epoch(1)
     model.train()
+    dtype = AMP_DTYPES[cfg.amp]
     for x, y in loader:
-        loss = F.cross_entropy(model(x), y)
+        if cfg.channels_last == "true":
+            x = x.to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -150,7 +156,7 @@ def bench_progress(reps: int) -> None:
 
 def bench_data(reps: int) -> None:
     """3. Training throughput fed by the template's loaders against in-memory tensors."""
-    cfg = Config(augment=False)
+    cfg = Config(augment="none")
     data, model, sampler, loader, _ = setup(cfg)
     x_all, y_all = data.train.source.load(data.train.positions)
     opt = build_optimizer(cfg, model)
@@ -176,7 +182,7 @@ def bench_data(reps: int) -> None:
     loaders = {"workers=0": loader,
                "workers=2 persistent": make_loader(data.train, EpochBatchSampler(len(data.train), 64, 0), 2, False)}
     aug = build_data(Config())
-    aug.train.enable_augment(0, aug.info)
+    aug.train.augment = Augment(0, "translate")
     loaders["workers=0 augment"] = make_loader(aug.train, EpochBatchSampler(len(aug.train), 64, 0), 0, False)
     t = interleaved({"memory": memory, **{k: (lambda ld=ld: from_loader(ld)) for k, ld in loaders.items()}}, reps)
     for name in loaders:
@@ -215,7 +221,7 @@ def bench_state(reps: int) -> None:
     tmp = Path(tempfile.mkdtemp(dir=ROOT / "bench"))
     try:
         for name in ("resnet18", "small_cnn"):
-            cfg = Config(base_model=name, augment=False)
+            cfg = Config(base_model=name, augment="none")
             _, model, _, loader, val_loader = setup(cfg)
             trainer = make_trainer(cfg, model, loader, val_loader)
             x, y = next(iter(loader))

@@ -65,7 +65,7 @@ def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[Spl
         if overlap:
             raise UsageError(f"--compare: {len(overlap)} of these samples are in run {a.run['id']}'s training data "
                              f"(e.g. {overlap[0]}); compare on held-out samples")
-        sets = [SplitSet(FileSource(samples, run.info, ids), list(range(len(samples)))) for run in (a, b)]
+        sets = [SplitSet(FileSource(samples, run.info, ids), list(range(len(samples))), run.info) for run in (a, b)]
         return sets[0], sets[1], ids, f"the labelled folder {root}"
     data_b = build_data(b.cfg)
     if data_b.val_hash != b.run["val_hash"]:
@@ -82,7 +82,7 @@ def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[Spl
                          f"training data (split_seed {a.cfg.split_seed} vs {b.cfg.split_seed}); compare on held-out "
                          "samples with --input")
     position = {sid: i for i, sid in enumerate(data_a.val.source.ids)}
-    set_a = SplitSet(data_a.val.source, [position[sid] for sid in data_b.val_ids])
+    set_a = SplitSet(data_a.val.source, [position[sid] for sid in data_b.val_ids], data_a.info)
     return set_a, data_b.val, data_b.val_ids, f"the validation split of {b.run['id']}"
 
 
@@ -122,7 +122,7 @@ def compare(a: LoadedRun, b: LoadedRun, input_path: Optional[str], device: torch
     outs = {}
     for name, run, dataset in (("A", a, set_a), ("B", b, set_b)):
         loader = make_loader(dataset, EvalBatchSampler(len(dataset), run.cfg.batch_size), 0, device.type == "cuda")
-        out = evaluate(run.model, loader, device, amp_dtype(run.cfg, device), run.cfg.channels_last)
+        out = evaluate(run.model, loader, device, amp_dtype(run.cfg, device), run.cfg.channels_last == "true")
         x, _ = dataset.__getitems__([(-1, p) for p in range(min(len(dataset), run.cfg.batch_size))])
         out["latency"] = _latency(run.model, x.to(device), device)
         outs[name] = out
@@ -228,7 +228,7 @@ def compare_main(cfg: Config, runs: list[str], input_path: Optional[str]) -> int
     run_a = find_run(runs[0], "--compare", is_finished, "that finished",
                      lambda r: None if is_finished(r) else f"has no final weights (status {r.get('status')}); pick a finished run")
     run_b = select_run(runs[1] if len(runs) > 1 else cfg.resume, "--compare" if len(runs) > 1 else "resume")
-    a, b = load_run(run_a, device), load_run(run_b, device)
+    a, b = load_run(run_a, device, cfg.weights), load_run(run_b, device, cfg.weights)
     result = compare(a, b, input_path, device)
     md = to_markdown(result.report)
     print(md)

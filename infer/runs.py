@@ -9,10 +9,10 @@ import torch
 from train import evaluate
 from train.build import build_model, load_weights
 from train.device import AMP_DTYPES
-from utils.config import Config, build_config, read_yaml
+from utils.config import Config, read_yaml, saved_config
 from utils.dataloader import DataInfo, EvalBatchSampler, build_data, info_from_run, make_loader
 from utils.errors import RunFailure, UsageError
-from utils.runstore import EXPERIMENTS, children_of, find_run, list_runs
+from utils.runstore import BEST_FILE, EXPERIMENTS, children_of, find_run, list_runs
 
 
 def is_finished(run: dict) -> bool:
@@ -49,20 +49,31 @@ class LoadedRun:
     info: DataInfo
     model: torch.nn.Module
     folder: Path
+    weights: str = "final"  # which weights file: final or best
+
+    def recorded_metrics(self) -> dict:
+        """The validation metrics run.json records for these weights."""
+        return (self.run.get("best") or {}).get("metrics", {}) if self.weights == "best" else self.run.get("metrics") or {}
 
 
-def load_run(run: dict, device: torch.device) -> LoadedRun:
-    """Rebuild a run's model from its folder alone (config.yaml + model.safetensors, checked
-    against run.json's size and sha256), in eval mode on `device`."""
+def load_run(run: dict, device: torch.device, weights: str = "final") -> LoadedRun:
+    """Rebuild a run's model from its folder alone (config.yaml and model.safetensors, or
+    best.safetensors for weights='best', checked against run.json's size and sha256), in eval
+    mode on `device`."""
     folder = EXPERIMENTS / run["id"]
+    file, recorded = "model.safetensors", run.get("weights")
+    if weights == "best":
+        if not run.get("best"):
+            raise UsageError(f"weights: run {run['id']} has no best weights (it predates them); use weights=final")
+        file, recorded = BEST_FILE, run["best"]["weights"]
     try:
-        cfg = build_config(read_yaml(folder / "config.yaml"))
+        cfg = saved_config(read_yaml(folder / "config.yaml"))
     except UsageError as e:
         raise RunFailure(f"run {run['id']}: its config.yaml is unusable ({e})") from None
     info = info_from_run(run)
     model = build_model(dataclasses.replace(cfg, pretrained=False), info)  # weights come from the run
-    load_weights(model, folder / "model.safetensors", run.get("weights") or {"sha256": "", "size": -1})
-    return LoadedRun(run, cfg, info, model.to(device).eval(), folder)
+    load_weights(model, folder / file, recorded or {"sha256": "", "size": -1})
+    return LoadedRun(run, cfg, info, model.to(device).eval(), folder, weights)
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
@@ -79,7 +90,7 @@ def evaluate_split(loaded: LoadedRun, device: torch.device) -> dict:
                          "training (validation hash differs); restore the data or evaluate with --input")
     batch = loaded.cfg.batch_size // loaded.cfg.grad_accum_steps
     loader = make_loader(data.val, EvalBatchSampler(len(data.val), batch), 0, device.type == "cuda")
-    out = evaluate(loaded.model, loader, device, amp_dtype(loaded.cfg, device), loaded.cfg.channels_last)
+    out = evaluate(loaded.model, loader, device, amp_dtype(loaded.cfg, device), loaded.cfg.channels_last == "true")
     out["ids"] = data.val_ids
     return out
 

@@ -10,6 +10,8 @@ from PIL import Image
 from infer.compare import bootstrap_diff, mcnemar
 from tests.conftest import copy_project, make_image_folder
 
+pytestmark = pytest.mark.slow  # each test starts train.py / inference.py processes
+
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):

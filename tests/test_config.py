@@ -102,3 +102,11 @@ def test_broken_config_files(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UsageError, match="cannot read config file"):
         load_config(str(tmp_path / "nope.yaml"), [])
+
+
+def test_older_boolean_values_and_quoted_strings():
+    assert build_config(dict([parse_override("augment=false")])).augment == "none"
+    assert build_config(dict([parse_override("augment=true"), parse_override("channels_last=true")])).channels_last == "true"
+    assert build_config({"augment": True}).augment == "translate"
+    assert parse_override("amp=none") == ("amp", "none") and parse_override("resume=none") == ("resume", None)
+    assert parse_override("resume='2026-11-29_18:06:15'") == ("resume", "2026-11-29_18:06:15")

@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import copy_project
 
+pytestmark = pytest.mark.slow  # each test starts train.py / inference.py processes
+
 ARGS = ("epochs=2", "batch_size=128")  # 11 steps an epoch: short runs, every save path taken
 # Fault points a run is killed at, in the order one lineage meets them: each process continues
 # the run the previous one left killed, so every kill is followed by a continuation.

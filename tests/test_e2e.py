@@ -10,6 +10,8 @@ from tests.conftest import make_image_folder
 from utils.config import KEYS
 from utils.runstore import sha256_file
 
+pytestmark = pytest.mark.slow  # each test starts train.py / inference.py processes
+
 
 def test_defaults_reach_97_percent(project):
     """The README's promise: the shipped defaults train small_cnn on digits to >= 97% on CPU."""
@@ -101,6 +103,10 @@ BAD_INPUTS = [
     (["batch_size=30", "grad_accum_steps=4"], "batch_size: 30 is not a multiple of grad_accum_steps=4"),
     (["batch_size=5000"], "batch_size: 5000 is larger than the 1438 training samples"),
     (["--bogus"], "unrecognized arguments"),
+    (["augment=flipflop"], "augment: 'flipflop' is not one of"),
+    (["mixup_alpha=-0.5"], "mixup_alpha: must be 0 or more, got -0.5"),
+    (["monitor=val_f1"], "monitor: 'val_f1' is not one of val_acc | val_loss"),
+    (["dataset=mnist"], "data_dir: dataset mnist needs data_dir"),
 ]
 
 
@@ -114,6 +120,32 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(trained, args, mess
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+    assert project.snapshot() == before
+
+
+def bad_data_folders(root):
+    """(args, message) for data that cannot be read: missing, truncated, pickle-only."""
+    from tests.test_named_datasets import make_idx_set
+
+    empty, truncated, pickled = root / "empty", root / "truncated", root / "pickled" / "cifar-10-batches-py"
+    empty.mkdir(parents=True)
+    make_idx_set(truncated, gz=True)
+    cut = truncated / "t10k-images-idx3-ubyte.gz"
+    cut.write_bytes(cut.read_bytes()[:40])
+    pickled.mkdir(parents=True)
+    (pickled / "data_batch_1").write_bytes(b"not read")
+    return [(["dataset=fashion_mnist", f"data_dir={empty}"], "missing"),
+            (["dataset=mnist", f"data_dir={truncated}"], "t10k-images-idx3-ubyte.gz"),
+            (["dataset=cifar10", f"data_dir={pickled.parent}"], "binary version")]
+
+
+def test_bad_data_files_exit_2_with_one_line_and_change_nothing(trained, tmp_path):
+    project, _ = trained
+    before = project.snapshot()
+    for args, message in bad_data_folders(tmp_path):
+        r = project.run("train.py", *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
     assert project.snapshot() == before
 
 
@@ -144,6 +176,11 @@ def test_tampered_weights_are_refused(project):
     weights.write_bytes(bytes(data))
     r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu")
     assert r.returncode == 1 and "does not match run.json" in r.stderr and "Traceback" not in r.stderr
+    os.unlink(weights)
+    weights.write_bytes(bytes(data[:1000]))  # cut short: --list shows it damaged, inference says what differs
+    assert "damaged" in project.run("train.py", "--list").stdout
+    r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu")
+    assert r.returncode == 1 and "is 1000 bytes, run.json records" in r.stderr and "restore it" in r.stderr, r.stderr
 
 
 def test_nan_loss_fails_the_run(project):
@@ -156,3 +193,19 @@ def test_nan_loss_fails_the_run(project):
     assert "failed" in (project.experiments / run_id / "train.log").read_text()
     r = project.run("inference.py", "inference_device=cpu")
     assert r.returncode == 2 and "no run that finished" in r.stderr
+
+
+def test_best_weights_early_stopping_and_continuing(project):
+    """A model that cannot learn (lr 1e-12) stops after `patience` epochs without improvement; its
+    best epoch is the first; inference with weights=best reproduces that epoch's accuracy."""
+    args = ("base_model=mlp", "lr=1e-12", "scheduler=none", "warmup_epochs=0", "early_stop_patience=2")
+    run_id = project.train("epochs=6", *args)
+    info = project.info(run_id)
+    assert info["status"] == "finished" and info["epochs_done"] == 3 and info["best"]["epoch"] == 1
+    assert "val_acc did not improve for 2 epochs" in info["stopped_early"]["reason"]
+    best = project.experiments / run_id / "best.safetensors"
+    assert info["best"]["weights"]["sha256"] == sha256_file(best)
+    r = project.run("inference.py", "weights=best", "inference_device=cpu")
+    assert r.returncode == 0 and f"val_acc {info['best']['metrics']['val_acc']:.4f}" in r.stdout, r.stdout + r.stderr
+    child = project.train(f"resume={run_id}", "epochs=8")
+    assert project.info(child)["epochs_done"] == 4 and project.info(child)["best"] == info["best"]

@@ -11,6 +11,8 @@ import torch
 
 from tests.conftest import copy_project
 
+pytestmark = pytest.mark.slow  # each test starts train.py / inference.py processes
+
 EPOCHS = "epochs=4"
 
 
@@ -138,3 +140,21 @@ def test_malicious_state_pt_does_not_run(project, tmp_path):
     assert r.returncode == 1 and "cannot be loaded safely" in r.stderr, r.stderr
     assert not marker.exists()
     assert project.run_ids() == [run_id], "nothing was created"
+
+
+RECIPE = ("epochs=3", "augment=crop_flip", "random_erasing=0.5", "mixup_alpha=0.4", "cutmix_alpha=1.0",
+          "label_smoothing=0.1", "warmup_epochs=1", "grad_clip=1.0", "ema_decay=0.9")
+
+
+def test_kill_mid_epoch_with_the_whole_recipe_continues_bit_identical(project):
+    """Augmentation, mixing, warmup, clipping and the EMA are all part of what state.pt restores."""
+    full = project.train(*RECIPE)
+    r = project.run("train.py", *RECIPE, "checkpoint_every_steps=5", env={"TEMPLATE_FAULT": "step:30"})
+    assert r.returncode == -signal.SIGKILL
+    killed = project.run_ids()[-1]
+    assert project.info(killed)["state"] == {"epoch": 1, "step": 3}, "saved at global step 25, mid-epoch 2"
+    child = continue_run(project, killed, *RECIPE)
+    assert sha(project, child) == sha(project, full)
+    assert project.info(child)["best"] == project.info(full)["best"]
+    header = (project.experiments / child / "metrics.csv").read_text().splitlines()[0]
+    assert "grad_norm" in header.split(",")

@@ -1,16 +1,22 @@
 """What main builds from the config and hands to the Trainer: the model (from model_dict), its
 weights, the optimizer and the learning-rate schedule."""
+import copy
+import dataclasses
 import hashlib
 import inspect
+import itertools
 import math
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from model import model_dict
+from train.device import native_bf16
+from utils.augment import AUTO_POLICY
 from utils.config import Config
 from utils.dataloader import DataInfo
 from utils.errors import RunFailure, UsageError
@@ -28,6 +34,18 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
         raise UsageError(f"base_model: {e}") from None
     except OSError as e:
         raise RunFailure(str(e)) from None
+
+
+def resolve_auto(cfg: Config, device: torch.device, model: nn.Module) -> Config:
+    """The config with every `auto` replaced by what it means here, as config.yaml records it (so a
+    continuation repeats the same experiment): amp bf16 where the device runs it natively, else
+    none; channels_last for convolutional models; the augmentation that suits the data set."""
+    amp = ("bf16" if native_bf16(device) else "none") if cfg.amp == "auto" else cfg.amp
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = ("true" if convolutional and device.type in ("cpu", "cuda") else "false") \
+        if cfg.channels_last == "auto" else cfg.channels_last
+    augment = AUTO_POLICY[cfg.dataset] if cfg.augment == "auto" else cfg.augment
+    return dataclasses.replace(cfg, amp=amp, channels_last=channels_last, augment=augment)
 
 
 def model_source_hash(name: str) -> str:
@@ -49,20 +67,44 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """An lr factor per optimizer step, for a run of cfg.epochs epochs in all. A LambdaLR keeps
-    only its step count in state.pt, so a continuation with more epochs rebuilds the schedule
-    for the new total while keeping its place in it."""
+    """An lr factor per optimizer step, for a run of cfg.epochs epochs in all: a linear warmup over
+    warmup_epochs, then the schedule over the remaining steps. A LambdaLR keeps only its step count
+    in state.pt, so a continuation with more epochs rebuilds the schedule for the new total while
+    keeping its place in it."""
     total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.scheduler == "cosine":
-        def factor(step: int) -> float:
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    elif cfg.scheduler == "step":
-        def factor(step: int) -> float:
+    warm = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
+
+    def schedule(step: int) -> float:
+        if cfg.scheduler == "cosine":
+            progress = min(step - warm, total - warm) / max(1, total - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if cfg.scheduler == "step":
             return cfg.gamma ** (step // (cfg.step_size * steps_per_epoch))
-    else:
-        def factor(step: int) -> float:
-            return 1.0
+        return 1.0
+
+    def factor(step: int) -> float:
+        return (step + 1) / warm if step < warm else schedule(step)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_ema(cfg: Config, model: nn.Module) -> Optional[nn.Module]:
+    """A copy of the model that Trainer.optimizer_step moves towards it after every step (an
+    exponential moving average of weights and BatchNorm statistics); None when ema_decay is 0."""
+    if not cfg.ema_decay:
+        return None
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, for the parameters and floating-point buffers;
+    integer buffers (BatchNorm's batch counter) are copied."""
+    pairs = list(zip(itertools.chain(ema.parameters(), ema.buffers()), itertools.chain(model.parameters(), model.buffers())))
+    floats = [(e, m) for e, m in pairs if e.is_floating_point()]
+    torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1.0 - decay)
+    for e, m in pairs:
+        if not e.is_floating_point():
+            e.copy_(m)
 
 
 def load_weights(model: nn.Module, weights: Path, recorded: dict, key: str = "") -> None:

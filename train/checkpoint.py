@@ -6,6 +6,7 @@ the state_dicts of the training objects (TrainingParts), the run's position and 
 (TrainState), and the RNG states of every process.
 """
 import dataclasses
+import json
 import random
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from torch import nn
 
 from utils import dist
 from utils.errors import RunFailure
-from utils.runstore import atomic_write, read_run
+from utils.runstore import atomic_write, read_run, sha256_file
 
 STATE_FILE = "state.pt"
 
@@ -30,6 +31,11 @@ class TrainingParts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    ema: Optional[nn.Module] = None       # the moving average of the model (ema_decay > 0)
+
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved as final: the EMA when there is one."""
+        return self.ema if self.ema is not None else self.model
 
 
 @dataclass
@@ -40,19 +46,21 @@ class TrainState:
     global_step: int = 0                  # optimizer steps done in the whole lineage
     loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))   # sum of per-sample training losses
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
+    grad_norm_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # of the norms before clipping
     count: int = 0                        # training samples seen in the epoch (this process)
     seconds: float = 0.0                  # training time of the epoch so far
     history: list = field(default_factory=list)  # one metrics row per finished epoch, lineage included
 
     def to(self, device: torch.device) -> "TrainState":
         """The running sums on `device`, where the loop adds to them without a host sync."""
-        return dataclasses.replace(self, loss_sum=self.loss_sum.to(device), correct=self.correct.to(device))
+        return dataclasses.replace(self, loss_sum=self.loss_sum.to(device), correct=self.correct.to(device),
+                                   grad_norm_sum=self.grad_norm_sum.to(device))
 
     def next_epoch(self) -> None:
         """Move to the start of the next epoch with empty sums."""
         self.epoch, self.step = self.epoch + 1, 0
-        self.loss_sum.zero_()
-        self.correct.zero_()
+        for t in (self.loss_sum, self.correct, self.grad_norm_sum):
+            t.zero_()
         self.count, self.seconds = 0, 0.0
 
 
@@ -64,9 +72,10 @@ def state_dict(state: TrainState, parts: TrainingParts) -> dict:
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.scaler.state_dict(),
+        **({"ema": parts.ema.state_dict()} if parts.ema is not None else {}),
         "epoch": state.epoch, "step": state.step, "global_step": state.global_step,
         "sums": {"loss_sum": state.loss_sum.detach().cpu(), "correct": state.correct.cpu(), "count": state.count,
-                 "seconds": state.seconds},
+                 "seconds": state.seconds, "grad_norm_sum": state.grad_norm_sum.detach().cpu()},
         "history": state.history,
         "world_size": dist.world_size(),
         "rng": dist.gather_objects(capture_rng()),  # one entry per process
@@ -83,6 +92,17 @@ def write_state(folder: Path, checkpoint: dict) -> None:
         atomic_write(folder / STATE_FILE, lambda tmp: torch.save(checkpoint, tmp))
     finally:
         torch.serialization.set_crc32_options(old)
+
+
+def write_weights(path: Path, model: nn.Module, meta: dict) -> dict:
+    """model's weights as safetensors at `path` (atomically); returns their sha256 and size. `meta`
+    describes how to rebuild the model; one key, since safetensors writes the metadata map in hash
+    order, which would make the bytes of the same weights differ between runs."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"template": json.dumps(meta, sort_keys=True)}))
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}
 
 
 # ---------------------------------------------------------------- loading
@@ -116,6 +136,8 @@ def load_state_dict(checkpoint: dict, parts: TrainingParts) -> tuple[TrainState,
     parts.optimizer.load_state_dict(checkpoint["optimizer"])  # moves the state beside the parameters
     parts.scheduler.load_state_dict(checkpoint["scheduler"])
     parts.scaler.load_state_dict(checkpoint["scaler"])
+    if parts.ema is not None and "ema" in checkpoint:
+        parts.ema.load_state_dict(checkpoint["ema"])
     notes = []
     rngs = checkpoint["rng"]
     if len(rngs) != dist.world_size():
@@ -125,7 +147,8 @@ def load_state_dict(checkpoint: dict, parts: TrainingParts) -> tuple[TrainState,
     sums = checkpoint["sums"]
     state = TrainState(epoch=checkpoint["epoch"], step=checkpoint["step"], global_step=checkpoint["global_step"],
                        loss_sum=sums["loss_sum"], correct=sums["correct"], count=sums["count"],
-                       seconds=sums["seconds"], history=checkpoint["history"])
+                       seconds=sums["seconds"], history=checkpoint["history"],
+                       grad_norm_sum=sums.get("grad_norm_sum", torch.zeros(())))  # absent in older files
     return state, notes
 
 

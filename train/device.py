@@ -36,6 +36,17 @@ def _mps_available() -> bool:
     return mps is not None and mps.is_available()
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes in bf16 natively: CUDA GPUs that support it, CPUs with
+    AVX512-BF16 or AMX. Elsewhere bf16 autocast is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
 def check_amp(amp: str, device: torch.device) -> None:
     if amp == "fp16" and device.type != "cuda":
         raise UsageError(f"amp: fp16 needs a CUDA device, training runs on {device}; use amp: bf16 or none")

@@ -12,12 +12,13 @@ from torch import nn
 from tqdm import tqdm
 
 from train import checkpoint
+from train.build import ema_update
 from train.checkpoint import TrainingParts, TrainState
 from train.device import AMP_DTYPES
 from utils import dist
 from utils.config import Config
 from utils.errors import Interrupted, RunFailure, fault_point
-from utils.runstore import EPOCH_METRICS, RunFolder
+from utils.runstore import BEST_FILE, EPOCH_METRICS, RunFolder
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -52,6 +53,12 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional
             "pred": cat(preds), "confidence": cat(confs), "target": cat(targets)}
 
 
+def best_epoch(history: list[dict], monitor: str) -> int:
+    """The epoch number of the best row: highest val_acc or lowest val_loss, the earliest on ties."""
+    sign = -1 if monitor == "val_loss" else 1
+    return max(history, key=lambda r: (sign * r[monitor], -r["epoch"]))["epoch"]
+
+
 class Trainer:
     """Runs epochs [state.epoch, cfg.epochs) of one run: train, validate, save, log.
 
@@ -60,13 +67,15 @@ class Trainer:
     """
 
     def __init__(self, *, cfg: Config, parts: TrainingParts, net: nn.Module, train_loader, val_loader,
-                 device: torch.device, run: Optional[RunFolder], state: TrainState, tb=None):
+                 device: torch.device, run: Optional[RunFolder], state: TrainState, weights_meta: dict, tb=None):
         self.cfg, self.parts, self.device, self.run = cfg, parts, device, run
         self.net = net  # parts.model, wrapped by DDP and/or torch.compile: what the loop calls
         self.train_loader, self.val_loader = train_loader, val_loader
         self.sampler = train_loader.batch_sampler
         self.amp_dtype = AMP_DTYPES[cfg.amp]
+        self.channels_last = cfg.channels_last == "true"
         self.state = state.to(device)
+        self.weights_meta = weights_meta  # what model.safetensors and best.safetensors say about the model
         self.tb = tb  # a TensorBoard SummaryWriter, or None
         self.stop_signal = 0  # 130 or 143 once Ctrl-C or SIGTERM asked to stop
 
@@ -76,7 +85,7 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        """Train to cfg.epochs; returns the last epoch's metrics row."""
+        """Train to cfg.epochs, or until early stopping; returns the last epoch's metrics row."""
         with self._signal_handlers():
             while self.state.epoch < self.cfg.epochs:
                 train = self.train_epoch()  # adds its time to state.seconds
@@ -87,8 +96,12 @@ class Trainer:
                        "seconds": round(self.state.seconds + time.perf_counter() - t0, 3)}
                 self.state.history.append(row)
                 self.state.next_epoch()
+                if best_epoch(self.state.history, self.cfg.monitor) == row["epoch"]:
+                    self.save_best(row)
                 self.save_state()
                 self._report(row)
+                if self._stop_early():
+                    break
         return self.state.history[-1]
 
     def train_epoch(self) -> dict:
@@ -122,35 +135,49 @@ class Trainer:
         self._check_finite()
         count = int(dist.all_reduce_sum(torch.tensor(s.count, device=self.device)))
         loss_sum, correct = (dist.all_reduce_sum(t.clone()) for t in (s.loss_sum, s.correct))
-        return {"train_loss": float(loss_sum) / max(1, count), "train_acc": int(correct) / max(1, count)}
+        row = {"train_loss": float(loss_sum) / max(1, count), "train_acc": int(correct) / max(1, count)}
+        if self.cfg.grad_clip:  # the mean norm before clipping; every process has the same gradients
+            row["grad_norm"] = float(s.grad_norm_sum) / max(1, self.sampler.steps_per_epoch())
+        return row
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, accum: int, sync: bool) -> None:
-        """One micro-batch: forward, loss, backward (gradients summed over `accum` micro-batches)."""
-        x = to_device(x, self.device, self.cfg.channels_last)
+        """One micro-batch: forward, loss, backward (gradients summed over `accum` micro-batches).
+        y is (B,) class indices, or (B, classes) probabilities when mixup or cutmix mixed the batch."""
+        x = to_device(x, self.device, self.channels_last)
         y = y.to(self.device, non_blocking=True)
         # DDP: all-reduce the gradients only on the micro-batch that completes the step.
         no_sync = not sync and hasattr(self.net, "no_sync")
         with self.net.no_sync() if no_sync else contextlib.nullcontext():
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 logits = self.net(x)  # (B, classes)
-                loss = F.cross_entropy(logits, y)
+                loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
             self.parts.scaler.scale(loss / accum if accum > 1 else loss).backward()
         s = self.state
         s.loss_sum += loss.detach().float() * len(y)  # no .item(): no host sync per step
-        s.correct += (logits.detach().argmax(1) == y).sum()
+        s.correct += (logits.detach().argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()
         s.count += len(y)
 
     def optimizer_step(self) -> None:
+        """Clip (if on), step the optimizer, the schedule and the EMA, clear the gradients."""
         p = self.parts
+        if self.cfg.grad_clip:
+            p.scaler.unscale_(p.optimizer)  # clip the true gradients, not the fp16-scaled ones
+            norm = torch.nn.utils.clip_grad_norm_(p.model.parameters(), self.cfg.grad_clip)
+            self.state.grad_norm_sum += norm.detach().float()
         p.scaler.step(p.optimizer)
         p.scaler.update()
         p.optimizer.zero_grad(set_to_none=True)
         p.scheduler.step()
         self.state.step += 1
         self.state.global_step += 1
+        if p.ema is not None:  # the decay warms up (as timm's), so early epochs' EMA is not mostly the initial weights
+            g = self.state.global_step
+            ema_update(p.ema, p.model, min(self.cfg.ema_decay, (1 + g) / (10 + g)))
 
     def validate(self) -> dict:
-        out = evaluate(self.net, self.val_loader, self.device, self.amp_dtype, self.cfg.channels_last)
+        """Validation loss and accuracy of the EMA weights when on, else of the model."""
+        model = self.parts.ema if self.parts.ema is not None else self.net
+        out = evaluate(model, self.val_loader, self.device, self.amp_dtype, self.channels_last)
         correct = (out["pred"] == out["target"]).sum().to(self.device)
         loss_sum, count, correct = (dist.all_reduce_sum(t) for t in (out["loss_sum"], out["count"], correct))
         return {"val_loss": float(loss_sum) / max(1, int(count)), "val_acc": int(correct) / max(1, int(count))}
@@ -169,16 +196,39 @@ class Trainer:
                             state={"epoch": self.state.epoch, "step": self.state.step},
                             metrics={k: last[k] for k in EPOCH_METRICS if k in last})
 
+    def save_best(self, row: dict) -> None:
+        """best.safetensors: the evaluated weights of the best epoch so far (rank 0 writes)."""
+        if self.run is None:
+            return
+        weights = checkpoint.write_weights(self.run.folder / BEST_FILE, self.parts.eval_model(), self.weights_meta)
+        self.run.write_info(best={"epoch": row["epoch"], "monitor": self.cfg.monitor,
+                                  "metrics": {k: row[k] for k in EPOCH_METRICS}, "weights": weights})
+
+    def _stop_early(self) -> bool:
+        """Whether `monitor` has not improved for early_stop_patience epochs; records why in run.json."""
+        patience, history = self.cfg.early_stop_patience, self.state.history
+        best = best_epoch(history, self.cfg.monitor)
+        if not patience or history[-1]["epoch"] - best < patience:
+            return False
+        value = next(r for r in history if r["epoch"] == best)[self.cfg.monitor]
+        reason = f"{self.cfg.monitor} did not improve for {patience} epochs (best {value:.4f} at epoch {best})"
+        if self.run is not None:
+            self.run.log(f"early stop after epoch {history[-1]['epoch']}: {reason}")
+            self.run.write_info(stopped_early={"epoch": history[-1]["epoch"], "reason": reason})
+        return True
+
     def _report(self, row: dict) -> None:
         """The epoch's line in train.log, and its scalars in TensorBoard."""
         if self.tb is not None:
-            for key in (*EPOCH_METRICS, "lr"):
-                self.tb.add_scalar(key, row[key], row["epoch"])
+            for key in (*EPOCH_METRICS, "lr", "grad_norm"):
+                if key in row:
+                    self.tb.add_scalar(key, row[key], row["epoch"])
             self.tb.flush()
         if self.run is not None:
             self.run.log(f"epoch {row['epoch']}/{self.cfg.epochs}  train_loss {row['train_loss']:.4f}  "
                          f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
-                         f"lr {row['lr']:.2e}  {row['seconds']:.1f}s")
+                         f"lr {row['lr']:.2e}" + (f"  grad_norm {row['grad_norm']:.3f}" if "grad_norm" in row else "") +
+                         f"  {row['seconds']:.1f}s")
 
     def _progress_bar(self) -> tqdm:
         """A bar on a terminal only (never in logs), drawn by rank 0."""

@@ -43,16 +43,28 @@ class Config:
     seed: int = _key(0, "seed of the weights, the data order, augmentation and dropout")
     split_seed: int = _key(0, "seed of the train/validation split (fixed across seeds)")
     deterministic: bool = _key(True, "bit-identical results on the same machine (slower paths on GPU)")
-    dataset: str = _key("digits", "digits (scikit-learn's 8x8 digits) | image_folder | fake")
-    data_dir: Optional[str] = _key(None, "class sub-folders, optionally under train/ and val/ (dataset: image_folder)")
-    image_size: Optional[int] = _key(None, "square side the images are resized to; null: 8 for digits, 32 for fake, 64 for image_folder")
-    val_fraction: float = _key(0.2, "share held out for validation when there is no val/ folder")
+    dataset: str = _key("digits", "digits (sklearn's 8x8) | mnist | fashion_mnist | cifar10 | cifar100 | image_folder | fake")
+    data_dir: Optional[str] = _key(None, "files of mnist ... cifar100, or class sub-folders (optionally in train/, val/): image_folder")
+    download: bool = _key(False, "mnist ... cifar100: fetch missing files into data_dir with torchvision's helpers")
+    image_size: Optional[int] = _key(None, "square side images are resized to; null: the data's own (an image_folder's median side)")
+    val_fraction: float = _key(0.2, "share held out for validation when there is no val/ folder (named sets: their test split)")
     fake_size: int = _key(512, "number of samples (dataset: fake)")
-    augment: bool = _key(True, "random translation of training images by up to 1/8 of their side")
-    num_workers: int = _key(0, "data loading processes (0: in the main process, best for digits)")
-    amp: str = _key("none", "mixed precision: none | bf16 | fp16 (fp16 on CUDA only)")
+    cache_mb: int = _key(4096, "image_folder: keep decoded images in memory as uint8 when they fit in this many MiB (0: off)")
+    num_workers: int = _key(0, "data loading processes (0: in the main process, best for data held in memory)")
+    augment: str = _key("auto", "auto | none | translate | crop_flip | trivialaugment (auto: crop_flip for fashion_mnist, cifar)")
+    random_erasing: float = _key(0.0, "probability of erasing a random box of a training image")
+    mixup_alpha: float = _key(0.0, "mixup with Beta(alpha, alpha) weights (0: off)")
+    cutmix_alpha: float = _key(0.0, "cutmix with Beta(alpha, alpha) areas (0: off; with mixup, half the samples each)")
+    label_smoothing: float = _key(0.1, "label smoothing of the training loss")
+    warmup_epochs: float = _key(1.0, "linear learning-rate warmup, then the schedule")
+    grad_clip: float = _key(0.0, "clip the gradient norm to this (0: off); the norm before clipping goes to metrics.csv")
+    ema_decay: float = _key(0.0, "EMA of the weights (e.g. 0.999; 0: off); evaluated and saved as the final weights when on")
+    monitor: str = _key("val_acc", "val_acc | val_loss: picks the best epoch, whose weights are kept as best.safetensors")
+    early_stop_patience: int = _key(0, "end the run when `monitor` has not improved for this many epochs (0: off)")
+    weights: str = _key("final", "inference.py and --compare: final | best (the best epoch's weights)")
+    amp: str = _key("auto", "mixed precision: auto | none | bf16 | fp16 (auto: bf16 where the device runs it natively)")
     grad_accum_steps: int = _key(1, "micro-batches per optimizer step")
-    channels_last: bool = _key(False, "channels_last memory format (faster convolutions on GPU)")
+    channels_last: str = _key("auto", "auto | true | false: channels_last memory format (auto: on for convolutional models)")
     compile: bool = _key(False, "torch.compile the model")
     checkpoint_every_steps: int = _key(0, "also save state.pt every N optimizer steps (0: at epoch ends only)")
     init_from: Optional[str] = _key(None, "a run id: start a new run from its weights (fine-tuning)")
@@ -68,15 +80,23 @@ TYPES = get_type_hints(Config)
 HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 # Keys that describe the machine a run is on, not the experiment.
-MACHINE_KEYS = ("device", "inference_device", "num_workers", "checkpoint_every_steps", "progress", "tensorboard")
+MACHINE_KEYS = ("device", "inference_device", "num_workers", "checkpoint_every_steps", "progress", "tensorboard",
+                "download", "cache_mb", "weights")
 # A continuation takes these from config/config.yaml and the command line, all others from its parent.
 CONTINUATION_KEYS = ("resume", "epochs", *MACHINE_KEYS)
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake")
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
     "scheduler": ("none", "step", "cosine"),
-    "dataset": ("digits", "image_folder", "fake"),
-    "amp": ("none", "bf16", "fp16"),
+    "dataset": DATASETS,
+    "augment": ("auto", "none", "translate", "crop_flip", "trivialaugment"),
+    "amp": ("auto", "none", "bf16", "fp16"),
+    "channels_last": ("auto", "true", "false"),
+    "monitor": ("val_acc", "val_loss"),
+    "weights": ("final", "best"),
 }
+# Keys that were booleans in older run folders' config.yaml, and what each boolean means now.
+FROM_BOOL = {"augment": {True: "translate", False: "none"}, "channels_last": {True: "true", False: "false"}}
 
 
 def suggest(word: str, options: list[str]) -> str:
@@ -124,6 +144,8 @@ def convert(key: str, value: Any) -> Any:
     elif base is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool) and key in FROM_BOOL:
+            return FROM_BOOL[key][value]
         if isinstance(value, datetime.datetime):  # `resume: 2026-11-29 14:03:27`
             return value.strftime("%Y-%m-%d_%H-%M-%S")
         if isinstance(value, int) and not isinstance(value, bool) and key in ("resume", "init_from"):
@@ -143,10 +165,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     if key not in TYPES:
         raise UsageError(f"unknown key '{key}'{suggest(key, KEYS)}; see --help for the keys")
     raw = raw.strip()
-    if base_type(key)[0] is str:
+    base, optional = base_type(key)
+    if key in FROM_BOOL and isinstance(yaml.safe_load(raw), bool):  # augment=false, as older configs wrote it
+        return key, yaml.safe_load(raw)
+    if base is str:
         if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
             return key, raw[1:-1]
-        return key, None if raw.lower() in ("null", "none", "~", "") else raw
+        # `none` is a value of amp and augment; only an optional key reads it as null
+        return key, None if optional and raw.lower() in ("null", "none", "~", "") else raw
     try:
         return key, yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -210,19 +236,25 @@ def validate(cfg: Config) -> list[str]:
             p.append(f"{key}: '{getattr(cfg, key)}' is not auto | cpu | cuda | cuda:N | mps")
     positive = ("epochs", "batch_size", "step_size", "grad_accum_steps", "fake_size")
     p += [f"{k}: must be at least 1, got {getattr(cfg, k)}" for k in positive if getattr(cfg, k) < 1]
-    non_negative = ("seed", "split_seed", "num_workers", "checkpoint_every_steps", "weight_decay")
+    non_negative = ("seed", "split_seed", "num_workers", "checkpoint_every_steps", "weight_decay", "cache_mb", "random_erasing",
+                    "mixup_alpha", "cutmix_alpha", "warmup_epochs", "grad_clip", "early_stop_patience")
     p += [f"{k}: must be 0 or more, got {getattr(cfg, k)}" for k in non_negative if getattr(cfg, k) < 0]
     if not cfg.lr > 0:
         p.append(f"lr: must be greater than 0, got {cfg.lr}")
-    for key, lo, hi in (("val_fraction", 0.0, 1.0), ("dropout", -1e-9, 1.0), ("momentum", -1e-9, 1.0)):
+    for key, lo, hi in (("val_fraction", 0.0, 1.0), ("dropout", -1e-9, 1.0), ("momentum", -1e-9, 1.0),
+                        ("label_smoothing", -1e-9, 1.0), ("ema_decay", -1e-9, 1.0)):
         if not lo < getattr(cfg, key) < hi:
             p.append(f"{key}: must be in [{max(lo, 0)}, {hi}), got {getattr(cfg, key)}")
+    if cfg.random_erasing > 1:
+        p.append(f"random_erasing: a probability, must be at most 1, got {cfg.random_erasing}")
     if not 0 < cfg.gamma <= 1:
         p.append(f"gamma: must be in (0, 1], got {cfg.gamma}")
     if cfg.image_size is not None and not 4 <= cfg.image_size <= 4096:
         p.append(f"image_size: must be between 4 and 4096 or null, got {cfg.image_size}")
     if cfg.batch_size % cfg.grad_accum_steps:
         p.append(f"batch_size: {cfg.batch_size} is not a multiple of grad_accum_steps={cfg.grad_accum_steps}")
+    if cfg.dataset in DATASETS[1:5] and not cfg.data_dir:
+        p.append(f"data_dir: dataset {cfg.dataset} needs data_dir, the folder of its files (with download: true, where they go)")
     if cfg.dataset == "image_folder":
         if not cfg.data_dir:
             p.append("data_dir: dataset image_folder needs data_dir, a folder of class sub-folders")
@@ -231,6 +263,17 @@ def validate(cfg: Config) -> list[str]:
     if cfg.resume is not None and cfg.init_from is not None:
         p.append("init_from: cannot be combined with resume; set one of them to null")
     return p
+
+
+def saved_config(values: dict) -> Config:
+    """The Config of a run folder's config.yaml. Folders written before the training recipe existed
+    lack its keys: their runs trained without label smoothing and warmup, and with the first
+    small_cnn, so those are what their missing keys mean."""
+    if "label_smoothing" not in values:
+        values = {"label_smoothing": 0.0, "warmup_epochs": 0.0, **values}
+        if values.get("base_model") == "small_cnn":
+            values["base_model"] = "small_cnn_v1"
+    return build_config(values)
 
 
 def load_config(config_file: Optional[str], overrides: list[str]) -> Config:

@@ -1,14 +1,20 @@
-"""Data: the three data sets, the fixed split, and loaders whose output is a pure function of
+"""Data: the data sets, the fixed split, and loaders whose output is a pure function of
 (seed, epoch, index).
 
 Why not torch's RandomSampler and per-worker RNGs: those streams depend on num_workers and on
 where a run was cut. Here the order of epoch e is randperm(n) under a generator seeded by
-hash(seed, e), and the augmentation of sample i in epoch e is drawn from hash(seed, e, i), so a
-run continued mid-epoch, or with other num_workers or processes, sees exactly the same batches.
+hash(seed, e), and the augmentation of sample i in epoch e is drawn from hash(seed, e, i)
+(utils/augment.py), so a run continued mid-epoch, or with other num_workers or processes, sees
+exactly the same batches.
+
+Samples are kept as uint8 (or float in [0, 1] for the digits) and normalised per batch.
 """
+import concurrent.futures
+import functools
 import hashlib
-import importlib.util
+import os
 import signal
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,40 +24,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from utils.augment import Augment, epoch_seed, erase, geometric, mix, partners
 from utils.config import Config
 from utils.errors import UsageError
+from utils.named_datasets import NAMES, load_named
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-# ---------------------------------------------------------------- counter-based randomness
-_M = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A 64-bit integer hash (splitmix64's finaliser); uint64 arrays wrap on overflow."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def hash_ints(*parts) -> np.ndarray:
-    """hash(parts...) elementwise; each part an int or an int array."""
-    h = np.zeros(1, dtype=np.uint64)
-    for p in parts:
-        h = _splitmix64(h ^ (np.asarray(p, dtype=np.int64).astype(np.uint64) & _M))
-    return h
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of epoch `epoch`'s order, a positive int64."""
-    return int(hash_ints(seed, epoch, 0x5EED)[0] >> np.uint64(1))
-
-
-def sample_randint(seed: int, epoch: int, index: np.ndarray, stream: int, high: int) -> np.ndarray:
-    """One integer in [0, high) per sample, a pure function of (seed, epoch, index, stream)."""
-    return (hash_ints(seed, epoch, index, stream) % np.uint64(high)).astype(np.int64)
 
 
 # ---------------------------------------------------------------- sources
@@ -77,7 +56,7 @@ def info_from_run(run: dict) -> DataInfo:
 
 
 class TensorSource:
-    """All samples in memory: x (N, C, H, W) float, already normalised; y (N,) int64."""
+    """All samples in memory: x (N, C, H, W) uint8 or float in [0, 1], not normalised; y (N,) int64."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, ids: list):
         self.x, self.y, self.ids = x, y, ids
@@ -100,8 +79,13 @@ class FileSource:
         return len(self.samples)
 
     def load(self, idx: list) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.stack([load_image(self.samples[i][0], self.info) for i in idx])
+        x = torch.stack([decode_image(self.samples[i][0], self.info) for i in idx])
         return x, torch.tensor([self.samples[i][1] for i in idx], dtype=torch.int64)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [0, 1]; float is already there."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def normalise(x: torch.Tensor, info: DataInfo) -> torch.Tensor:
@@ -110,17 +94,45 @@ def normalise(x: torch.Tensor, info: DataInfo) -> torch.Tensor:
     return (x - torch.tensor(info.mean).view(shape)) / torch.tensor(info.std).view(shape)
 
 
+def decode_image(path, info: DataInfo) -> torch.Tensor:
+    """One image file -> (C, S, S) uint8, in the data's channels, resized to its square side
+    (bilinear, antialiased). PNG and JPEG are decoded by torchvision.io, faster than PIL on small
+    images (bench/results.md); other formats, and torchvision releases without it, use PIL.
+    Training and inference both come through here."""
+    from torchvision.transforms.v2.functional import resize
+
+    decode = _torchvision_decoder()
+    if decode is not None and Path(path).suffix.lower() in (".png", ".jpg", ".jpeg"):
+        x = decode(str(path), info.in_channels)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("L" if info.in_channels == 1 else "RGB"), dtype=np.uint8)
+        x = torch.from_numpy(a.copy())
+        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+    if x.shape[-2:] != (info.image_size, info.image_size):
+        x = resize(x, [info.image_size, info.image_size], antialias=True)
+    return x.contiguous()
+
+
+@functools.cache
+def _torchvision_decoder():
+    """torchvision.io's decode_image as f(path, channels), or None where it is gone. torchvision
+    0.29 deprecates it in favour of TorchCodec, which this template does not depend on; its
+    warning (one per call) is silenced here, and only here."""
+    try:
+        from torchvision.io import ImageReadMode, decode_image
+    except ImportError:
+        return None
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
+                            category=DeprecationWarning)
+    return lambda path, channels: decode_image(path, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+
+
 def load_image(path, info: DataInfo) -> torch.Tensor:
     """One image file -> (C, S, S) float, preprocessed exactly as in training."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("L" if info.in_channels == 1 else "RGB")
-        im = im.resize((info.image_size, info.image_size), Image.BILINEAR)
-        a = np.asarray(im, dtype=np.float32) / 255.0
-    t = torch.from_numpy(a.copy())
-    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-    return normalise(t, info)
+    return normalise(to_unit(decode_image(path, info)), info)
 
 
 def _mean_std(cfg: Config, channels: int) -> tuple:
@@ -131,6 +143,8 @@ def _mean_std(cfg: Config, channels: int) -> tuple:
 
 def _digits(cfg: Config) -> tuple[TensorSource, DataInfo]:
     """scikit-learn's 1,797 8x8 digits, read from its data file (importing sklearn is slow)."""
+    import importlib.util
+
     spec = importlib.util.find_spec("sklearn")
     path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
     if path is not None and path.exists():
@@ -145,7 +159,7 @@ def _digits(cfg: Config) -> tuple[TensorSource, DataInfo]:
     x = torch.from_numpy(pixels).view(-1, 1, 8, 8) / 16.0  # ink is bright, in [0, 1]
     if size != 8:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return TensorSource(normalise(x, info), torch.from_numpy(target), list(range(len(target)))), info
+    return TensorSource(x, torch.from_numpy(target), list(range(len(target)))), info
 
 
 def _fake(cfg: Config) -> tuple[TensorSource, DataInfo]:
@@ -158,9 +172,9 @@ def _fake(cfg: Config) -> tuple[TensorSource, DataInfo]:
     xs, ys = [], []
     for i in range(len(fake)):
         img, label = fake[i]
-        xs.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1))
+        xs.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
         ys.append(int(label))
-    return TensorSource(normalise(torch.stack(xs), info), torch.tensor(ys), list(range(len(ys)))), info
+    return TensorSource(torch.stack(xs).contiguous(), torch.tensor(ys), list(range(len(ys)))), info
 
 
 def folder_samples(root: Path) -> tuple[list, list]:
@@ -173,6 +187,36 @@ def folder_samples(root: Path) -> tuple[list, list]:
     return folder.classes, folder.samples
 
 
+def median_side(paths: list, most: int = 256) -> int:
+    """The median of max(width, height) over up to `most` evenly spaced files (headers only)."""
+    from PIL import Image
+
+    step = max(1, len(paths) // most)
+    sides = []
+    for p in paths[::step][:most]:
+        try:
+            with Image.open(p) as im:
+                sides.append(max(im.size))
+        except OSError as e:
+            raise UsageError(f"data_dir: cannot read image {p} ({e}); remove or fix the file") from None
+    return max(4, int(np.median(sides)))
+
+
+def cached(source: FileSource, limit_mb: int) -> "TensorSource | FileSource":
+    """The files decoded once into memory as uint8 when they fit in `limit_mb` MiB; else `source`.
+    Decoding runs in threads: PIL releases the GIL while it decodes."""
+    info = source.info
+    if not limit_mb or len(source) * info.in_channels * info.image_size**2 > limit_mb * 2**20:
+        return source
+    paths = [p for p, _ in source.samples]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            x = torch.stack(list(pool.map(lambda p: decode_image(p, info), paths, chunksize=64)))
+    except OSError as e:
+        raise UsageError(f"data_dir: cannot read an image ({e}); remove or fix the file") from None
+    return TensorSource(x, torch.tensor([c for _, c in source.samples], dtype=torch.int64), source.ids)
+
+
 # ---------------------------------------------------------------- the split
 @dataclass
 class Data:
@@ -183,6 +227,7 @@ class Data:
     val_hash: str
     train_ids: list
     val_ids: list
+    val_split: str = "held out by split_seed"  # where the validation samples come from, for run.json
 
 
 def _hash_ids(dataset: str, ids: list) -> str:
@@ -198,24 +243,15 @@ def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[list, l
 
 def build_data(cfg: Config) -> Data:
     """The configured data set, split into train and validation sets."""
+    if cfg.dataset in NAMES:
+        return _named(cfg)
     if cfg.dataset == "image_folder":
         root = Path(cfg.data_dir).expanduser()
-        size = cfg.image_size or 64
-        info = DataInfo([], 3, size, *_mean_std(cfg, 3))
         if (root / "train").is_dir() and (root / "val").is_dir():
-            classes, train_samples = folder_samples(root / "train")
-            val_classes, val_samples = folder_samples(root / "val")
-            if val_classes != classes:
-                raise UsageError(f"data_dir: {root}/val has classes {val_classes}, train/ has {classes}; make them equal")
-            info.class_names = classes
-            rel = [str(Path(p).relative_to(root)) for p, _ in train_samples + val_samples]
-            train_src = FileSource(train_samples, info, rel[:len(train_samples)])
-            val_src = FileSource(val_samples, info, rel[len(train_samples):])
-            train, val = SplitSet(train_src, list(range(len(train_src)))), SplitSet(val_src, list(range(len(val_src))))
-            return Data(train, val, info, _hash_ids(cfg.dataset, val_src.ids), train_src.ids, val_src.ids)
+            return _folder_with_val(cfg, root)
         classes, samples = folder_samples(root)
-        info.class_names = classes
-        source = FileSource(samples, info, [str(Path(p).relative_to(root)) for p, _ in samples])
+        info = DataInfo(classes, 3, cfg.image_size or median_side([p for p, _ in samples]), *_mean_std(cfg, 3))
+        source = cached(FileSource(samples, info, [str(Path(p).relative_to(root)) for p, _ in samples]), cfg.cache_mb)
     elif cfg.dataset == "fake":
         source, info = _fake(cfg)
     else:
@@ -225,35 +261,58 @@ def build_data(cfg: Config) -> Data:
     train_idx, val_idx = split_indices(len(source), cfg.val_fraction, cfg.split_seed)
     train_ids = [source.ids[i] for i in train_idx]
     val_ids = [source.ids[i] for i in val_idx]
-    return Data(SplitSet(source, train_idx), SplitSet(source, val_idx), info,
+    return Data(SplitSet(source, train_idx, info), SplitSet(source, val_idx, info), info,
                 _hash_ids(cfg.dataset, val_ids), train_ids, val_ids)
 
 
+def _whole(source, info: DataInfo) -> "SplitSet":
+    return SplitSet(source, list(range(len(source))), info)
+
+
+def _folder_with_val(cfg: Config, root: Path) -> Data:
+    """An image folder with train/ and val/ sub-folders of the same classes."""
+    classes, train_samples = folder_samples(root / "train")
+    val_classes, val_samples = folder_samples(root / "val")
+    if val_classes != classes:
+        raise UsageError(f"data_dir: {root}/val has classes {val_classes}, train/ has {classes}; make them equal")
+    size = cfg.image_size or median_side([p for p, _ in train_samples])
+    info = DataInfo(classes, 3, size, *_mean_std(cfg, 3))
+    rel = [str(Path(p).relative_to(root)) for p, _ in train_samples + val_samples]
+    train_src = cached(FileSource(train_samples, info, rel[:len(train_samples)]), cfg.cache_mb)
+    val_src = cached(FileSource(val_samples, info, rel[len(train_samples):]), cfg.cache_mb)
+    return Data(_whole(train_src, info), _whole(val_src, info), info, _hash_ids(cfg.dataset, val_src.ids),
+                train_src.ids, val_src.ids, "the val/ folder")
+
+
+def _named(cfg: Config) -> Data:
+    """MNIST, Fashion-MNIST, CIFAR: the official training split to train, the official test split to validate."""
+    d = load_named(cfg.dataset, cfg.data_dir, cfg.download)
+    size = cfg.image_size or d.train_x.shape[-1]
+    train_x, test_x = (_resized(x, size) for x in (d.train_x, d.test_x))
+    info = DataInfo(list(d.classes), train_x.shape[1], size, *_mean_std(cfg, train_x.shape[1]))
+    train = TensorSource(train_x, d.train_y, [f"train/{i}" for i in range(len(d.train_y))])
+    val = TensorSource(test_x, d.test_y, [f"test/{i}" for i in range(len(d.test_y))])
+    return Data(_whole(train, info), _whole(val, info), info, _hash_ids(cfg.dataset, val.ids), train.ids, val.ids,
+                "the official test split")
+
+
+def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) resized to (N, C, size, size), antialiased, still uint8."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    out = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
 # ---------------------------------------------------------------- datasets and loaders
-def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, fill: torch.Tensor) -> torch.Tensor:
-    """Shift each image of x (N, C, H, W) by (dy[n], dx[n]) pixels, |d| <= pad, filling the
-    uncovered border with `fill` (C, 1, 1)."""
-    n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x - fill, (pad, pad, pad, pad)) + fill
-    rows = (pad - dy).view(n, 1) + torch.arange(h)              # (N, H)
-    cols = (pad - dx).view(n, 1) + torch.arange(w)              # (N, W)
-    out = padded[torch.arange(n).view(n, 1, 1), :, rows.view(n, h, 1), cols.view(n, 1, w)]  # (N, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()
-
-
 class SplitSet(Dataset):
     """One split of a source. Items are fetched a batch at a time: `__getitems__` takes a list
-    of (epoch, position) keys and returns the collated (x, y) batch, augmented when asked."""
+    of (epoch, position) keys and returns the collated, normalised (x, y) batch, augmented when
+    `augment` is set (the training split). With mixup or cutmix, y is soft: (N, classes)."""
 
-    def __init__(self, source, positions: list):
-        self.source, self.positions = source, positions
-        self.augment_seed: Optional[int] = None  # set by enable_augment for the training split
-        self.fill = torch.zeros(1, 1, 1)
-
-    def enable_augment(self, seed: int, info: DataInfo) -> None:
-        """Random translations drawn from hash(seed, epoch, position); the border is black."""
-        self.augment_seed = seed
-        self.fill = normalise(torch.zeros(info.in_channels, 1, 1), info)
+    def __init__(self, source, positions: list, info: DataInfo):
+        self.source, self.positions, self.info = source, positions, info
+        self.augment: Optional[Augment] = None
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -264,13 +323,23 @@ class SplitSet(Dataset):
     def __getitems__(self, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
         epochs = np.array([k[0] for k in keys])
         pos = np.array([k[1] for k in keys])
-        x, y = self.source.load([self.positions[p] for p in pos])
-        if self.augment_seed is not None:
-            pad = max(1, x.shape[-1] // 8)
-            dy = sample_randint(self.augment_seed, epochs, pos, 1, 2 * pad + 1) - pad
-            dx = sample_randint(self.augment_seed, epochs, pos, 2, 2 * pad + 1) - pad
-            x = translate(x, torch.from_numpy(dy), torch.from_numpy(dx), pad, self.fill)
+        x, y = self._load(epochs, pos)
+        aug = self.augment
+        if aug is not None and aug.mixes:
+            other = partners(aug, epochs, pos, len(self.positions))
+            x2, y2 = self._load(epochs, other)
+            x, y = mix(x, y, x2, y2, aug, epochs, pos)
+        x = normalise(x, self.info)
+        if aug is not None and aug.random_erasing > 0:
+            x = erase(x, aug, epochs, pos)
         return x, y
+
+    def _load(self, epochs: np.ndarray, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples at split positions `pos`, with the policy's transform, as float in [0, 1]."""
+        x, y = self.source.load([self.positions[p] for p in pos])
+        if self.augment is not None:
+            x = geometric(x, self.augment, epochs, pos)
+        return to_unit(x), y
 
 
 class EpochBatchSampler(Sampler):

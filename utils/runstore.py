@@ -27,6 +27,7 @@ RUN_ID_RE = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(_\d+)?$")
 COLON_ID_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[_ T](\d{2}):(\d{2}):(\d{2})(_\d+)?$")
 STORE_LOCK = ".store.lock"  # guards run id allocation and the checkpoints/ view
 VIEW_FILES = ("config.yaml", "run.json", "model.safetensors")
+BEST_FILE = "best.safetensors"  # the best epoch's weights, beside model.safetensors
 # What run.json's "metrics" keeps of an epoch's row of metrics.csv.
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
@@ -317,7 +318,7 @@ class RunFolder:
                         weights={"sha256": sha256_file(weights), "size": weights.stat().st_size}, **fields)
         fault_point("finished")
         self.close()
-        for name in ("metrics.csv", "state.pt", "train.log", "curves.png"):
+        for name in ("metrics.csv", "state.pt", "train.log", "curves.png", BEST_FILE):
             if (self.folder / name).exists():
                 os.chmod(self.folder / name, 0o444)
         update_view(self.folder, self.info["start_utc"], VIEW_FILES)

@@ -1,0 +1,170 @@
+"""Training augmentation in named policies, and the counter-based randomness behind it.
+
+Every random choice here (the order of an epoch, the shift, flip, erased box and mixing partner of
+a sample) is a pure function of (seed, epoch, sample index): a hash, not an RNG stream. So a run
+continued mid-epoch, or run with other num_workers or another number of processes, sees exactly
+the same augmented batches. Mixing partners are drawn per sample for the same reason: mixing
+within a process's micro-batch would make the data depend on how a batch is split.
+
+The geometric policies are torchvision.transforms.v2's, applied to a whole batch at once with
+parameters from the hash: `translate` is v2.RandomCrop(size, padding=size // 8) (black fill),
+`crop_flip` adds v2.RandomHorizontalFlip, random erasing is v2.RandomErasing's box (area 2-33%,
+aspect 0.3-3.3, value 0 after normalisation). `trivialaugment` runs v2.TrivialAugmentWide per
+sample, its RNG seeded from the hash.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+POLICIES = ("none", "translate", "crop_flip", "trivialaugment")
+# augment: auto. No flips for digits: a flipped digit is another digit (or none).
+AUTO_POLICY = {"digits": "translate", "mnist": "translate", "fake": "translate", "image_folder": "translate",
+               "fashion_mnist": "crop_flip", "cifar10": "crop_flip", "cifar100": "crop_flip"}
+
+# Streams: independent hash outputs for the same (seed, epoch, index).
+_DY, _DX, _FLIP, _ERASE, _PARTNER, _MIX, _LAM, _BOX, _TRIVIAL = range(1, 10)
+_M = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A 64-bit integer hash (splitmix64's finaliser); uint64 arrays wrap on overflow."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hash_ints(*parts) -> np.ndarray:
+    """hash(parts...) elementwise; each part an int or an int array."""
+    h = np.zeros(1, dtype=np.uint64)
+    for p in parts:
+        h = _splitmix64(h ^ (np.asarray(p, dtype=np.int64).astype(np.uint64) & _M))
+    return h
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s order, a positive int64."""
+    return int(hash_ints(seed, epoch, 0x5EED)[0] >> np.uint64(1))
+
+
+def sample_randint(seed: int, epoch: np.ndarray, index: np.ndarray, stream: int, high: int) -> np.ndarray:
+    """One integer in [0, high) per sample, a pure function of (seed, epoch, index, stream)."""
+    return (hash_ints(seed, epoch, index, stream) % np.uint64(high)).astype(np.int64)
+
+
+def sample_uniform(seed: int, epoch: np.ndarray, index: np.ndarray, stream: int) -> np.ndarray:
+    """One float in [0, 1) per sample (53 random bits), a pure function of its arguments."""
+    return (hash_ints(seed, epoch, index, stream) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+@dataclass
+class Augment:
+    """What augment_batch does to the training split; built once from the config."""
+    seed: int
+    policy: str = "none"          # one of POLICIES
+    random_erasing: float = 0.0   # probability per sample
+    mixup_alpha: float = 0.0      # Beta(alpha, alpha) mixing weight; 0: off
+    cutmix_alpha: float = 0.0
+    num_classes: int = 0
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, fill: torch.Tensor) -> torch.Tensor:
+    """Shift each image of x (N, C, H, W) by (dy[n], dx[n]) pixels, |d| <= pad, filling the
+    uncovered border with `fill` (C, 1, 1)."""
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x - fill, (pad, pad, pad, pad)) + fill
+    rows = (pad - dy).view(n, 1) + torch.arange(h)              # (N, H)
+    cols = (pad - dx).view(n, 1) + torch.arange(w)              # (N, W)
+    out = padded[torch.arange(n).view(n, 1, 1), :, rows.view(n, h, 1), cols.view(n, 1, w)]  # (N, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def geometric(x: torch.Tensor, aug: Augment, epochs: np.ndarray, index: np.ndarray) -> torch.Tensor:
+    """The policy's per-sample transform of x (N, C, H, W) in [0, 1] (float) or uint8 (trivialaugment)."""
+    if aug.policy in ("translate", "crop_flip"):
+        pad = max(1, x.shape[-1] // 8)
+        dy = torch.from_numpy(sample_randint(aug.seed, epochs, index, _DY, 2 * pad + 1) - pad)
+        dx = torch.from_numpy(sample_randint(aug.seed, epochs, index, _DX, 2 * pad + 1) - pad)
+        x = translate(x, dy, dx, pad, torch.zeros(x.shape[1], 1, 1, dtype=x.dtype))
+        if aug.policy == "crop_flip":
+            flip = torch.from_numpy(sample_randint(aug.seed, epochs, index, _FLIP, 2) == 1)
+            x[flip] = x[flip].flip(-1)
+    elif aug.policy == "trivialaugment":
+        x = _trivialaugment(x, aug.seed, epochs, index)
+    return x
+
+
+def _trivialaugment(x: torch.Tensor, seed: int, epochs: np.ndarray, index: np.ndarray) -> torch.Tensor:
+    """v2.TrivialAugmentWide on each uint8 image, with torch's RNG seeded per sample and restored after."""
+    from torchvision.transforms import v2
+
+    policy = v2.TrivialAugmentWide()
+    seeds = hash_ints(seed, epochs, index, _TRIVIAL) >> np.uint64(1)
+    out = torch.empty_like(x)
+    with torch.random.fork_rng(devices=[]):
+        for n in range(len(x)):
+            torch.manual_seed(int(seeds[n]))
+            out[n] = policy(x[n])
+    return out
+
+
+def erase(x: torch.Tensor, aug: Augment, epochs: np.ndarray, index: np.ndarray) -> torch.Tensor:
+    """Random erasing of normalised x (N, C, H, W): with probability p, one box set to 0."""
+    n, _, h, w = x.shape
+    u = [sample_uniform(aug.seed, epochs, index, _ERASE + 100 * k) for k in range(5)]
+    area = (0.02 + 0.31 * u[1]) * h * w
+    ratio = np.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * u[2])
+    bh = np.clip(np.round(np.sqrt(area * ratio)), 1, h).astype(np.int64)
+    bw = np.clip(np.round(np.sqrt(area / ratio)), 1, w).astype(np.int64)
+    top = (u[3] * (h - bh + 1)).astype(np.int64)
+    left = (u[4] * (w - bw + 1)).astype(np.int64)
+    on = torch.from_numpy(u[0] < aug.random_erasing).view(n, 1, 1, 1)
+    return x.masked_fill(on & _box_mask(top, left, bh, bw, h, w), 0.0)
+
+
+def _box_mask(top: np.ndarray, left: np.ndarray, bh: np.ndarray, bw: np.ndarray, h: int, w: int) -> torch.Tensor:
+    """(N, 1, H, W) True inside each sample's box."""
+    t, l_, bh, bw = (torch.from_numpy(a).view(-1, 1) for a in (top, left, bh, bw))
+    rows = (torch.arange(h) >= t) & (torch.arange(h) < t + bh)   # (N, H)
+    cols = (torch.arange(w) >= l_) & (torch.arange(w) < l_ + bw)  # (N, W)
+    return (rows.unsqueeze(2) & cols.unsqueeze(1)).unsqueeze(1)
+
+
+def partners(aug: Augment, epochs: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
+    """The split position each sample is mixed with, drawn from [0, n)."""
+    return sample_randint(aug.seed, epochs, index, _PARTNER, n)
+
+
+def mix(x: torch.Tensor, y: torch.Tensor, x2: torch.Tensor, y2: torch.Tensor, aug: Augment,
+        epochs: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or cutmix of each sample with its partner: x (N, C, H, W), y (N,) -> soft y (N, classes)."""
+    from scipy.special import betaincinv
+
+    n, _, h, w = x.shape
+    use_cutmix = np.full(n, aug.cutmix_alpha > 0)
+    if aug.mixup_alpha > 0 and aug.cutmix_alpha > 0:  # both on: each sample picks one, half and half
+        use_cutmix = sample_randint(aug.seed, epochs, index, _MIX, 2) == 1
+    alpha = np.where(use_cutmix, aug.cutmix_alpha, aug.mixup_alpha)
+    lam = betaincinv(alpha, alpha, sample_uniform(aug.seed, epochs, index, _LAM))  # Beta(alpha, alpha) by inversion
+    # cutmix: a box of area (1 - lam) from the partner, centred at random, clipped to the image
+    cut = np.sqrt(1.0 - lam)
+    cy, cx = (sample_uniform(aug.seed, epochs, index, _BOX + 100 * k) for k in range(2))
+    top = np.clip(np.floor((cy - cut / 2) * h), 0, h).astype(np.int64)
+    bottom = np.clip(np.floor((cy + cut / 2) * h), 0, h).astype(np.int64)
+    left = np.clip(np.floor((cx - cut / 2) * w), 0, w).astype(np.int64)
+    right = np.clip(np.floor((cx + cut / 2) * w), 0, w).astype(np.int64)
+    box = _box_mask(top, left, bottom - top, right - left, h, w) & torch.from_numpy(use_cutmix).view(n, 1, 1, 1)
+    lam = np.where(use_cutmix, 1.0 - (bottom - top) * (right - left) / (h * w), lam)
+    lam_t = torch.from_numpy(lam).to(x.dtype).view(n, 1, 1, 1)
+    mixed = torch.where(box, x2, x)
+    mixed = torch.where(torch.from_numpy(use_cutmix).view(n, 1, 1, 1), mixed, lam_t * x + (1 - lam_t) * x2)
+    k = aug.num_classes
+    soft = lam_t.view(n, 1) * torch.nn.functional.one_hot(y, k).to(x.dtype)
+    soft += (1 - lam_t.view(n, 1)) * torch.nn.functional.one_hot(y2, k).to(x.dtype)
+    return mixed, soft
