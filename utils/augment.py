@@ -14,9 +14,11 @@ sample, its RNG seeded from the hash.
 """
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 POLICIES = ("none", "translate", "crop_flip", "trivialaugment")
 # augment: auto. No flips for digits: a flipped digit is another digit (or none).
@@ -74,27 +76,32 @@ class Augment:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
 
-def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, fill: torch.Tensor) -> torch.Tensor:
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, fill: Optional[torch.Tensor] = None,
+              flip: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Shift each image of x (N, C, H, W) by (dy[n], dx[n]) pixels, |d| <= pad, filling the
-    uncovered border with `fill` (C, 1, 1)."""
+    uncovered border with `fill` (C, 1, 1; None: 0), and mirror it left-right where flip[n]: one
+    gather for both, so a crop_flip batch is copied once."""
     n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x - fill, (pad, pad, pad, pad)) + fill
+    padded = F.pad(x, (pad,) * 4) if fill is None else F.pad(x - fill, (pad,) * 4) + fill
+    cols = torch.arange(w).expand(n, w)
+    if flip is not None:
+        cols = torch.where(flip.view(n, 1), w - 1 - cols, cols)
     rows = (pad - dy).view(n, 1) + torch.arange(h)              # (N, H)
-    cols = (pad - dx).view(n, 1) + torch.arange(w)              # (N, W)
-    out = padded[torch.arange(n).view(n, 1, 1), :, rows.view(n, h, 1), cols.view(n, 1, w)]  # (N, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()
+    cols = (pad - dx).view(n, 1) + cols                         # (N, W)
+    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1),
+                  rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]  # (N, C, H, W)
 
 
 def geometric(x: torch.Tensor, aug: Augment, epochs: np.ndarray, index: np.ndarray) -> torch.Tensor:
-    """The policy's per-sample transform of x (N, C, H, W) in [0, 1] (float) or uint8 (trivialaugment)."""
+    """The policy's per-sample transform of x (N, C, H, W), uint8 or float in [0, 1]."""
     if aug.policy in ("translate", "crop_flip"):
         pad = max(1, x.shape[-1] // 8)
         dy = torch.from_numpy(sample_randint(aug.seed, epochs, index, _DY, 2 * pad + 1) - pad)
         dx = torch.from_numpy(sample_randint(aug.seed, epochs, index, _DX, 2 * pad + 1) - pad)
-        x = translate(x, dy, dx, pad, torch.zeros(x.shape[1], 1, 1, dtype=x.dtype))
+        flip = None
         if aug.policy == "crop_flip":
             flip = torch.from_numpy(sample_randint(aug.seed, epochs, index, _FLIP, 2) == 1)
-            x[flip] = x[flip].flip(-1)
+        x = translate(x, dy, dx, pad, flip=flip)
     elif aug.policy == "trivialaugment":
         x = _trivialaugment(x, aug.seed, epochs, index)
     return x
