@@ -41,10 +41,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(format_table(list_runs()))
         return 0
     plan = plan_run(load_config(args.config, args.overrides))
+    from train.build import resolve_auto
+
     device = prepare_machine(plan.cfg)
     data = load_data(plan.cfg)
-    model = build_model_for(plan, data, device)  # also resolves the config's `auto` values
-    cfg = plan.cfg
+    model = build_model_for(plan, data)
+    plan.cfg = cfg = resolve_auto(plan.cfg, device, model)  # as config.yaml will record it
+    place_model(model, cfg, device)
     train_loader, val_loader = make_loaders(cfg, data, device)
     parts = build_parts(cfg, model, train_loader.batch_sampler.steps_per_epoch(), device)
     state = restore(plan, parts, device)
@@ -129,21 +132,24 @@ def load_data(cfg: Config) -> Data:
     return data
 
 
-def build_model_for(plan: Plan, data: Data, device: torch.device) -> torch.nn.Module:
-    """The model on the device, from init_from's weights if set; plan.cfg's `auto` values resolved for it."""
-    import torch
-
-    from train.build import build_model, load_weights, resolve_auto
+def build_model_for(plan: Plan, data: Data) -> torch.nn.Module:
+    """The model_dict model for the data, from init_from's weights if set."""
+    from train.build import build_model, load_weights
 
     model = build_model(plan.cfg, data.info)
     if plan.init is not None:
         load_weights(model, EXPERIMENTS / plan.init["id"] / "model.safetensors", plan.init["weights"], "init_from")
-    plan.cfg = resolve_auto(plan.cfg, device, model)
-    if plan.cfg.channels_last == "true":
+    return model
+
+
+def place_model(model: torch.nn.Module, cfg: Config, device: torch.device) -> None:
+    """Move the model to the device, in channels_last layout when that is on."""
+    import torch
+
+    if cfg.channels_last == "true":
         model.to(device, memory_format=torch.channels_last)
     else:
         model.to(device)
-    return model
 
 
 def make_loaders(cfg: Config, data: Data, device: torch.device) -> tuple:

@@ -369,8 +369,10 @@ def main() -> None:
     lines += [f"| {' | '.join(row)} |" for row in ROWS]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    if set(names) == set(BENCHES):
-        (ROOT / "bench" / "results.md").write_text(text)
+    if set(names) == set(BENCHES):  # the table replaces the old one; the notes after it (## sections) stay
+        path = ROOT / "bench" / "results.md"
+        old = path.read_text() if path.exists() else ""
+        path.write_text(text + (old[old.index("\n## "):] if "\n## " in old else ""))
 
 
 if __name__ == "__main__":

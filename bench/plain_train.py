@@ -41,10 +41,10 @@ def main() -> None:
     # label smoothing 0.1, one epoch of linear warmup then cosine.
     model = SmallCNN(1, 10, 8, dropout=0.1).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    per_epoch = len(train) // 64
-    steps = args.epochs * per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / per_epoch if s < per_epoch else
-                                              0.5 * (1 + math.cos(math.pi * (s - per_epoch) / (steps - per_epoch))))
+    steps = args.epochs * (len(train) // 64)
+    warm = min(steps - 1, len(train) // 64)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
+                                              0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
     history = []
     for epoch in range(args.epochs):
         t0 = time.time()
