@@ -7,11 +7,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from infer.runs import LoadedRun, amp_dtype, inference_dir, is_finished, load_run, per_class_accuracy, select_run
+from infer.runs import LoadedRun, amp_dtype, inference_dir, is_finished, load_run, per_class_accuracy, rebuild_data, select_run
 from train import evaluate
 from train.device import resolve_device
 from utils.config import KEYS, Config
-from utils.dataloader import EvalBatchSampler, FileSource, SplitSet, build_data, folder_samples, make_loader
+from utils.dataloader import EvalBatchSampler, FileSource, SplitSet, folder_samples, make_loader
 from utils.errors import UsageError
 from utils.plots import new_figure, save_figure
 from utils.runstore import find_run, read_metrics, write_json, write_text
@@ -67,7 +67,7 @@ def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[Spl
                              f"(e.g. {overlap[0]}); compare on held-out samples")
         sets = [SplitSet(FileSource(samples, run.info, ids), list(range(len(samples))), run.info) for run in (a, b)]
         return sets[0], sets[1], ids, f"the labelled folder {root}"
-    data_b = build_data(b.cfg)
+    data_b = rebuild_data(b.cfg)
     if data_b.val_hash != b.run["val_hash"]:
         raise UsageError(f"the validation split of run {b.run['id']} cannot be rebuilt (its data changed); compare with --input")
     same_source = all(getattr(a.cfg, k) == getattr(b.cfg, k) for k in ("dataset", "data_dir", "fake_size")) and (
@@ -75,7 +75,7 @@ def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[Spl
     if not same_source:
         raise UsageError(f"run {a.run['id']} was trained on other data ({a.cfg.dataset}) than run {b.run['id']} "
                          f"({b.cfg.dataset}); compare them on a labelled folder with --input")
-    data_a = build_data(a.cfg)
+    data_a = rebuild_data(a.cfg)
     overlap = set(data_b.val_ids) & set(data_a.train_ids)
     if overlap:
         raise UsageError(f"--compare: {len(overlap)} of run {b.run['id']}'s validation samples are in run {a.run['id']}'s "
@@ -91,7 +91,7 @@ def _training_files(cfg: Config) -> set:
     if cfg.dataset != "image_folder":
         return set()
     root = Path(cfg.data_dir).expanduser().resolve()
-    return {str(root / i) for i in build_data(cfg).train_ids}
+    return {str(root / i) for i in rebuild_data(cfg).train_ids}
 
 
 def _latency(model: torch.nn.Module, x: torch.Tensor, device: torch.device, repeats: int = 10) -> float:

@@ -10,7 +10,7 @@ from train import evaluate
 from train.build import build_model, load_weights
 from train.device import AMP_DTYPES
 from utils.config import Config, read_yaml, saved_config
-from utils.dataloader import DataInfo, EvalBatchSampler, build_data, info_from_run, make_loader
+from utils.dataloader import Data, DataInfo, EvalBatchSampler, build_data, info_from_run, make_loader
 from utils.errors import RunFailure, UsageError
 from utils.runstore import BEST_FILE, EXPERIMENTS, children_of, find_run, list_runs
 
@@ -81,10 +81,16 @@ def amp_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
     return None if cfg.amp == "fp16" and device.type != "cuda" else AMP_DTYPES[cfg.amp]
 
 
+def rebuild_data(cfg: Config) -> Data:
+    """A run's data, split as in training, without the image-folder cache: inference reads the
+    validation images once, and decoding the training split up front would be wasted work."""
+    return build_data(dataclasses.replace(cfg, cache_mb=0))
+
+
 def evaluate_split(loaded: LoadedRun, device: torch.device) -> dict:
     """evaluate() on the run's validation split, rebuilt from its config and checked against run.json;
     adds the sample ids."""
-    data = build_data(loaded.cfg)
+    data = rebuild_data(loaded.cfg)
     if data.val_hash != loaded.run["val_hash"]:
         raise RunFailure(f"the validation split of run {loaded.run['id']} cannot be rebuilt: the data changed since "
                          "training (validation hash differs); restore the data or evaluate with --input")
