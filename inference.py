@@ -3,7 +3,8 @@
     python inference.py [KEY=VALUE ...]                  evaluate the run `resume` selects on its validation split
     python inference.py --input PATH                     predict on an image file or a folder of images
     python inference.py --compare RUN_A [RUN_B]          A/B report on the same samples
-    python inference.py --list                           a table of all runs
+    python inference.py --list [KEY=VALUE ...]           a table of the runs (see train.py --help)
+    python inference.py --report                         write experiments/index.html, a page of all runs
 
 torch and what needs it are imported inside the functions that use them, so that --list and
 --help answer at once.
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 
 from utils.config import load_config, make_parser, parse_args
 from utils.errors import RunFailure, UsageError, run_main
-from utils.runstore import format_table, list_runs, write_json, write_text
+from utils.runstore import write_json, write_text
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +30,11 @@ if TYPE_CHECKING:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_arguments(argv)
     if args.list:
-        print(format_table(list_runs()))
+        from utils.listing import list_command
+        return list_command(args.overrides, args.sort, args.json)
+    if args.report:
+        from utils.report import write_index
+        print(f"wrote {write_index()}")
         return 0
     cfg = load_config(args.config, args.overrides)
     if args.compare:
@@ -57,6 +62,7 @@ def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--input", metavar="PATH", help="an image file or a folder of images to predict on "
                         "(with --compare: a labelled folder of class sub-folders)")
     parser.add_argument("--compare", nargs="+", metavar="RUN", help="RUN_A [RUN_B]: A/B report; RUN_B defaults to the run resume selects")
+    parser.add_argument("--report", action="store_true", help="write experiments/index.html: every run on one page, no server needed")
     args = parse_args(parser, argv)
     if args.compare:  # --compare A [B] also swallows the KEY=VALUE words after it
         args.overrides += [w for w in args.compare if "=" in w]

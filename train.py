@@ -1,7 +1,9 @@
 """Train a model. Every run is kept in experiments/<run id>/; checkpoints/ shows the latest.
 
     python train.py [--config FILE] [KEY=VALUE ...]     a new run, or resume=<id> to continue one
-    python train.py --list                              a table of all runs
+    python train.py --list [KEY=VALUE ...] [--sort KEY] [--json]   a table of the runs that match
+    python train.py --tag ID TAG ... | --note ID TEXT    label a run afterwards
+    python train.py --delete ID ... | --restore ID ... | --prune-states [--dry-run]   clean up experiments/
     torchrun --nproc_per_node=N train.py ...            the same on N processes (DDP)
 
 torch and what needs it are imported inside main, after --list and --help have answered, so
@@ -14,9 +16,20 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from utils.config import CONTINUATION_KEYS, Config, load_config, make_parser, parse_args, read_yaml, saved_config, to_yaml
+from utils.config import (
+    CONTINUATION_KEYS,
+    LABEL_KEYS,
+    Config,
+    changed_keys,
+    load_config,
+    make_parser,
+    parse_args,
+    read_yaml,
+    saved_config,
+    to_yaml,
+)
 from utils.errors import RunFailure, UsageError, fault_point, run_main
-from utils.runstore import BEST_FILE, EPOCH_METRICS, EXPERIMENTS, RunFolder, find_run, format_table, link_or_copy, list_runs
+from utils.runstore import BEST_FILE, EPOCH_METRICS, EXPERIMENTS, RunFolder, find_run, find_state, link_or_copy
 
 if TYPE_CHECKING:
     import torch
@@ -33,13 +46,13 @@ class Plan:
     parent: Optional[dict]      # run.json of the run continued (resume), or None
     init: Optional[dict]        # run.json of the run whose weights start a new run (init_from), or None
     notes: list[str]            # lines for train.log: applied and ignored keys, warnings
+    changed: dict               # the experiment's keys that differ from the defaults, as the user set them
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(make_parser("train.py", "Train a model; every run is kept in experiments/<run id>/."), argv)
-    if args.list:
-        print(format_table(list_runs()))
-        return 0
+    args = parse_arguments(argv)
+    if args.list or args.store_command:
+        return store_command(args)
     plan = plan_run(load_config(args.config, args.overrides))
     from train.build import resolve_auto
 
@@ -56,16 +69,72 @@ def main(argv: Optional[list[str]] = None) -> int:
     return fit_and_finish(trainer, run, cfg)
 
 
+def parse_arguments(argv: Optional[list[str]]):
+    parser = make_parser("train.py", "Train a model; every run is kept in experiments/<run id>/.")
+    store = parser.add_argument_group("looking after experiments/ (each refuses what is unsafe, changing nothing)")
+    store.add_argument("--tag", nargs="+", metavar=("ID", "TAG"), help="add tags to a run (weights and config untouched)")
+    store.add_argument("--note", nargs=2, metavar=("ID", "TEXT"), help="add a note to a run")
+    store.add_argument("--delete", nargs="+", metavar="ID", help="move runs to experiments/.trash/")
+    store.add_argument("--restore", nargs="+", metavar="ID", help="bring runs back from experiments/.trash/")
+    store.add_argument("--prune-states", action="store_true", help="delete the state.pt of finished runs nothing needs")
+    store.add_argument("--dry-run", action="store_true", help="with --delete, --restore, --prune-states: only say what would happen")
+    args = parse_args(parser, argv)
+    commands = [c for c in ("tag", "note", "delete", "restore", "prune_states") if getattr(args, c)]
+    if len(commands) + args.list > 1:
+        raise UsageError("give one of --list, --tag, --note, --delete, --restore, --prune-states at a time")
+    if args.tag is not None and len(args.tag) < 2:
+        raise UsageError("--tag needs a run id and at least one tag: --tag ID TAG [TAG ...]")
+    if args.overrides and commands:
+        raise UsageError(f"--{commands[0].replace('_', '-')} takes no KEY=VALUE words (got {args.overrides[0]})")
+    args.store_command = commands[0] if commands else None
+    return args
+
+
+def store_command(args) -> int:
+    """--list, and the commands that label, delete, restore or prune runs; then the index is rewritten."""
+    from utils import cleanup
+    from utils.listing import list_command
+
+    if args.list:
+        return list_command(args.overrides, args.sort, args.json)
+    if args.tag:
+        cleanup.add_labels(args.tag[0], tags=args.tag[1:], option="--tag")
+    elif args.note:
+        cleanup.add_labels(args.note[0], note=args.note[1], option="--note")
+    elif args.delete:
+        cleanup.delete_runs(args.delete, args.dry_run)
+    elif args.restore:
+        cleanup.restore_runs(args.restore, args.dry_run)
+    else:
+        cleanup.prune_states(args.dry_run)
+    if not args.dry_run:
+        write_index_quietly()
+    return 0
+
+
+def write_index_quietly() -> None:
+    """experiments/index.html; a failure to write it never fails what came before."""
+    from utils.report import write_index
+
+    try:
+        write_index()
+    except OSError as e:
+        print(f"note: could not write experiments/index.html ({e.strerror})")
+
+
 # ---------------------------------------------------------------- before anything is written
 def plan_run(cfg: Config) -> Plan:
     """Resolve resume and init_from; everything that can be refused is refused here."""
+    changed = changed_keys(dataclasses.asdict(cfg))  # before a continuation or `auto` replaces values
     parent, cfg, notes = resolve_parent(cfg)
     init = None
     if cfg.init_from is not None:
         init = find_run(cfg.init_from, "init_from", lambda r: r["status"] == "finished", "finished",
                         lambda r: None if r["status"] == "finished" else
                         f"has no final weights (status {r['status']}); choose a finished run")
-    return Plan(cfg, parent, init, notes)
+    if parent is not None:
+        changed = parent["changed"] if isinstance(parent.get("changed"), dict) else changed_keys(parent["config"])
+    return Plan(cfg, parent, init, notes, changed)
 
 
 def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
@@ -73,10 +142,8 @@ def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
     parent's config.yaml, CONTINUATION_KEYS from ours) and lines that say what differs."""
     if cfg.resume is None:
         return None, cfg, []
-    from train.checkpoint import find_state
-
     parent = find_run(cfg.resume, "resume", lambda r: find_state(EXPERIMENTS, r["id"]) is not None, "with saved state",
-                      lambda r: "is still running; wait for it to end or stop it first" if r["status"] == "running" else None)
+                      refuse_parent)
     config_file = EXPERIMENTS / parent["id"] / "config.yaml"
     try:  # run.json keeps the config too, for a run killed before it wrote config.yaml
         parent_cfg = saved_config(read_yaml(config_file) if config_file.exists() else parent["config"])
@@ -86,8 +153,19 @@ def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
     if cfg.epochs < done or (cfg.epochs == done and parent["status"] == "finished"):
         raise UsageError(f"epochs: run {parent['id']} has done {done} epochs ({parent['status']}); "
                          f"to continue it set epochs above {done}, e.g. epochs={done + 5}")
-    child = dataclasses.replace(parent_cfg, **{k: getattr(cfg, k) for k in CONTINUATION_KEYS} | {"resume": parent["id"]})
+    labels = {"name": cfg.name or parent.get("name"), "tags": cfg.tags or parent.get("tags") or [], "notes": cfg.notes}
+    child = dataclasses.replace(parent_cfg, **{k: getattr(cfg, k) for k in CONTINUATION_KEYS} | labels | {"resume": parent["id"]})
     return parent, child, continuation_notes(cfg, parent_cfg, child)
+
+
+def refuse_parent(run: dict) -> Optional[str]:
+    """Why a run cannot be continued, or None."""
+    if run["status"] == "running":
+        return "is still running; wait for it to end or stop it first"
+    if run["status"] in ("finished", "damaged") and find_state(EXPERIMENTS, run["id"]) is None:
+        return (f"has no state.pt (deleted by --prune-states), so it cannot be continued exactly; start a new run "
+                f"from its weights instead: python train.py init_from={run['id']}")
+    return None
 
 
 def continuation_notes(ours: Config, parent_cfg: Config, child: Config) -> list[str]:
@@ -96,7 +174,8 @@ def continuation_notes(ours: Config, parent_cfg: Config, child: Config) -> list[
     applied = [f"{k}={getattr(child, k)} (parent: {getattr(parent_cfg, k)})" for k in CONTINUATION_KEYS
                if k != "resume" and getattr(child, k) != getattr(parent_cfg, k)]
     ignored = [f"{k}={getattr(ours, k)} (kept the parent's {getattr(parent_cfg, k)})"
-               for k in dataclasses.asdict(ours) if k not in CONTINUATION_KEYS and getattr(ours, k) != getattr(parent_cfg, k)]
+               for k in dataclasses.asdict(ours)
+               if k not in CONTINUATION_KEYS + LABEL_KEYS and getattr(ours, k) != getattr(parent_cfg, k)]
     if applied:
         notes.append("applied: " + ", ".join(applied))
     if ignored:
@@ -194,7 +273,7 @@ def restore(plan: Plan, parts: TrainingParts, device: torch.device) -> TrainStat
     from train import checkpoint
     from train.device import environment_warnings
 
-    path = checkpoint.find_state(EXPERIMENTS, plan.parent["id"]) if plan.parent else None
+    path = find_state(EXPERIMENTS, plan.parent["id"]) if plan.parent else None
     if path is None:
         return checkpoint.TrainState()
     state, notes = checkpoint.load_state_dict(checkpoint.read_state(path), parts)
@@ -260,6 +339,7 @@ def run_info(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, 
     return {"config": dataclasses.asdict(cfg),
             "parent": {"id": plan.parent["id"], "epoch": state.epoch, "step": state.step} if plan.parent else None,
             "init_from": plan.init["id"] if plan.init else None, "model": cfg.base_model, "epochs": cfg.epochs,
+            "name": cfg.name, "tags": cfg.tags, "notes": cfg.notes, "changed": plan.changed,
             "epochs_done": state.epoch, "steps_done": state.global_step,
             "class_names": data.info.class_names,
             "data": data_fields(data.info) | {"dataset": cfg.dataset, "val_split": data.val_split},
@@ -288,6 +368,8 @@ def fit_and_finish(trainer: Trainer, run: Optional[RunFolder], cfg: Config) -> i
     finally:
         if trainer.tb is not None:
             trainer.tb.close()
+        if run is not None:
+            write_index_quietly()
         dist.teardown()
     return 0
 

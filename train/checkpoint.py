@@ -19,9 +19,7 @@ from torch import nn
 
 from utils import dist
 from utils.errors import RunFailure
-from utils.runstore import atomic_write, read_run, sha256_file
-
-STATE_FILE = "state.pt"
+from utils.runstore import STATE_FILE, atomic_write, sha256_file
 
 
 @dataclass
@@ -106,20 +104,6 @@ def write_weights(path: Path, model: nn.Module, meta: dict) -> dict:
 
 
 # ---------------------------------------------------------------- loading
-def find_state(experiments: Path, run_id: str) -> Optional[Path]:
-    """The state a run would continue from: its state.pt, or, for a continuation killed before
-    its first save, the state its parent left (and so on up the lineage); None: from step 0."""
-    for _ in range(10_000):  # a lineage is finite; the bound guards against a hand-edited loop
-        path = experiments / run_id / STATE_FILE
-        if path.exists():
-            return path
-        parent = (read_run(experiments / run_id) or {}).get("parent")
-        if not parent:
-            return None
-        run_id = parent["id"]
-    return None
-
-
 def read_state(path: Path) -> dict:
     """A state.pt loaded safely: weights_only=True unpickles tensors and plain containers only."""
     try:

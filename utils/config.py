@@ -10,7 +10,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, get_type_hints
+from typing import Any, Optional, get_origin, get_type_hints
 
 import yaml
 
@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")  # a run's name and each tag: safe in a path, a URL, a shell
 
 
 def _key(default: Any, help: str) -> Any:
@@ -72,18 +73,23 @@ class Config:
     dropout: float = _key(0.1, "dropout before the classifier")
     progress: bool = _key(True, "a progress bar per epoch (only when stdout is a terminal)")
     tensorboard: bool = _key(False, "also write TensorBoard scalars to experiments/<id>/tb/")
+    name: Optional[str] = _key(None, "a short label for the run (letters, digits . _ + -); name:<name> picks the newest run with it")
+    tags: list[str] = field(default_factory=list, metadata={"help": "labels to filter runs by: [baseline, sweep1] or tags=a,b"})
+    notes: Optional[str] = _key(None, "free text kept with the run (more can be added later: train.py --note ID TEXT)")
     base_model: str = _key("small_cnn", "a key of model_dict")
 
 
 KEYS = [f.name for f in dataclasses.fields(Config)]
 TYPES = get_type_hints(Config)
 HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+DEFAULTS = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(Config)}
 # Keys that describe the machine a run is on, not the experiment.
 MACHINE_KEYS = ("device", "inference_device", "num_workers", "checkpoint_every_steps", "progress", "tensorboard",
                 "download", "cache_mb", "weights")
 # A continuation takes these from config/config.yaml and the command line, all others from its parent.
 CONTINUATION_KEYS = ("resume", "epochs", *MACHINE_KEYS)
+# Labels of a run, not of the experiment: a continuation keeps its parent's name and tags unless given new ones.
+LABEL_KEYS = ("name", "tags", "notes")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake")
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -108,13 +114,15 @@ def suggest(word: str, options: list[str]) -> str:
 def base_type(key: str) -> tuple[type, bool]:
     """The key's declared type without Optional, and whether it may be null."""
     tp = TYPES[key]
+    if get_origin(tp) is list:
+        return list, False
     args = getattr(tp, "__args__", None)
     return (args[0], True) if args else (tp, False)
 
 
 def _type_name(key: str) -> str:
     base, optional = base_type(key)
-    name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
+    name = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}[base]
     return name + (" or null" if optional else "")
 
 
@@ -141,6 +149,11 @@ def convert(key: str, value: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
+    elif base is list:  # tags: [a, b], or a,b as typed on the command line
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(dict.fromkeys(value))
     elif base is str:
         if isinstance(value, str):
             return value
@@ -168,15 +181,21 @@ def parse_override(text: str) -> tuple[str, Any]:
     base, optional = base_type(key)
     if key in FROM_BOOL and isinstance(yaml.safe_load(raw), bool):  # augment=false, as older configs wrote it
         return key, yaml.safe_load(raw)
-    if base is str:
+    if base is str or base is list:
+        if base is list and raw.startswith("["):
+            return key, _safe_load(raw)
         if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
             return key, raw[1:-1]
         # `none` is a value of amp and augment; only an optional key reads it as null
         return key, None if optional and raw.lower() in ("null", "none", "~", "") else raw
+    return key, _safe_load(raw)
+
+
+def _safe_load(raw: str) -> Any:
     try:
-        return key, yaml.safe_load(raw)
+        return yaml.safe_load(raw)
     except yaml.YAMLError:
-        return key, raw
+        return raw
 
 
 def read_yaml(path: Path) -> dict:
@@ -202,7 +221,7 @@ def read_yaml(path: Path) -> dict:
 def build_config(values: dict) -> Config:
     """Defaults, then `values`; every value converted and checked, every problem reported."""
     problems = []
-    merged = dict(DEFAULTS)
+    merged = {k: list(v) if isinstance(v, list) else v for k, v in DEFAULTS.items()}
     for key, value in values.items():
         if key not in TYPES:
             problems.append(f"unknown key '{key}'{suggest(key, KEYS)}")
@@ -260,9 +279,18 @@ def validate(cfg: Config) -> list[str]:
             p.append("data_dir: dataset image_folder needs data_dir, a folder of class sub-folders")
         elif not Path(cfg.data_dir).expanduser().is_dir():
             p.append(f"data_dir: '{cfg.data_dir}' is not a folder; point it at a folder of class sub-folders")
+    for label in ([cfg.name] if cfg.name is not None else []) + cfg.tags:
+        if not LABEL_RE.match(label):
+            p.append(f"{'tags' if label in cfg.tags else 'name'}: '{label}' is not a label; use up to 64 letters, digits and . _ + -")
     if cfg.resume is not None and cfg.init_from is not None:
         p.append("init_from: cannot be combined with resume; set one of them to null")
     return p
+
+
+def changed_keys(values: dict) -> dict:
+    """The experiment's keys whose values differ from the defaults (not the machine's, not labels)."""
+    skip = (*CONTINUATION_KEYS, *LABEL_KEYS)
+    return {k: v for k, v in values.items() if k in DEFAULTS and k not in skip and v != DEFAULTS[k]}
 
 
 def saved_config(values: dict) -> Config:
@@ -302,7 +330,10 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=keys_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE", help="config file (default: config/config.yaml)")
-    parser.add_argument("--list", action="store_true", help="print a table of all runs and exit")
+    parser.add_argument("--list", action="store_true", help="print a table of the runs and exit; KEY=VALUE words filter it: "
+                        "status=finished tag=baseline model=resnet18 lr=0.001 ...")
+    parser.add_argument("--sort", metavar="KEY", help="with --list: order by a metric (the best run last), a column or a config key")
+    parser.add_argument("--json", action="store_true", help="with --list: print the runs as JSON, for scripts")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override one config key")
     return parser
 

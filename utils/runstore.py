@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from filelock import FileLock, Timeout
 
-from utils.config import ROOT
+from utils.config import LABEL_RE, ROOT
 from utils.errors import RunFailure, UsageError, fault_point
 
 EXPERIMENTS = ROOT / "experiments"
@@ -28,6 +28,9 @@ COLON_ID_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[_ T](\d{2}):(\d{2}):(\d{2})(_\d+
 STORE_LOCK = ".store.lock"  # guards run id allocation and the checkpoints/ view
 VIEW_FILES = ("config.yaml", "run.json", "model.safetensors")
 BEST_FILE = "best.safetensors"  # the best epoch's weights, beside model.safetensors
+STATE_FILE = "state.pt"  # everything needed to continue the run exactly (train/checkpoint.py writes it)
+LABELS_FILE = "labels.json"  # tags and notes added after the run started (train.py --tag / --note)
+TRASH = ".trash"  # experiments/.trash/<id>: runs moved away by train.py --delete
 # What run.json's "metrics" keeps of an epoch's row of metrics.csv.
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
@@ -101,14 +104,14 @@ def utc_now() -> str:
 
 
 def normalize_run_id(text: str, key: str = "resume") -> str:
-    """A run id, or 'latest', from what a user typed; anything else (a path, '..') is exit 2."""
+    """A run id, 'latest' or 'name:<name>', from what a user typed; anything else (a path, '..') is exit 2."""
     text = str(text).strip()
-    if text == "latest" or RUN_ID_RE.match(text):
+    if text == "latest" or RUN_ID_RE.match(text) or (text.startswith("name:") and LABEL_RE.match(text[5:])):
         return text
     m = COLON_ID_RE.match(text)
     if m:
         return f"{m[1]}_{m[2]}-{m[3]}-{m[4]}{m[5] or ''}"
-    raise UsageError(f"{key}: '{text}' is not a run id (YYYY-MM-DD_HH-MM-SS or latest){recent_ids_hint()}")
+    raise UsageError(f"{key}: '{text}' is not a run id (YYYY-MM-DD_HH-MM-SS, latest or name:<name>){recent_ids_hint()}")
 
 
 def recent_ids_hint(n: int = 5) -> str:
@@ -151,7 +154,19 @@ def read_run(folder: Path) -> Optional[dict]:
         weights = folder / "model.safetensors"  # the size only: hashing is for loading, --list stays fast
         if not weights.exists() or weights.stat().st_size != (info.get("weights") or {}).get("size"):
             info["status"] = "damaged"
+    added = read_labels(folder)
+    info["tags"] = list(dict.fromkeys((info.get("tags") or []) + added["tags"]))
+    info["notes"] = ([info["notes"]] if isinstance(info.get("notes"), str) else []) + [n["text"] for n in added["notes"]]
     return info
+
+
+def read_labels(folder: Path) -> dict:
+    """labels.json: {"tags": [...], "notes": [{"utc": ..., "text": ...}]}, added after the run started."""
+    try:
+        labels = json.loads((folder / LABELS_FILE).read_text())
+    except (OSError, ValueError):
+        labels = {}
+    return {"tags": labels.get("tags", []), "notes": labels.get("notes", [])}
 
 
 def is_locked(folder: Path) -> bool:
@@ -192,6 +207,8 @@ def find_run(spec: str, key: str, want: Callable[[dict], bool], what: str,
         if not chosen:
             raise UsageError(f"{key}: latest: no run {what} in experiments/; train one first with python train.py")
         run = chosen[-1]
+    elif spec.startswith("name:"):
+        run = newest_named(runs, spec[5:], want, key)
     else:
         run = next((r for r in runs if r["id"] == spec), None)
         if run is None:
@@ -200,6 +217,31 @@ def find_run(spec: str, key: str, want: Callable[[dict], bool], what: str,
     if reason:
         raise UsageError(f"{key}: run {run['id']} {reason}")
     return run
+
+
+def newest_named(runs: list[dict], name: str, want: Callable[[dict], bool], key: str) -> dict:
+    """The newest run called `name` for which want() holds, else the newest called `name`."""
+    named = [r for r in runs if r.get("name") == name]
+    if not named:
+        names = sorted({r["name"] for r in runs if r.get("name")})
+        hint = f"names in use: {', '.join(names[-10:])}" if names else "no run has a name yet (set name: in the config)"
+        raise UsageError(f"{key}: no run named '{name}' in experiments/; {hint}")
+    return ([r for r in named if want(r)] or named)[-1]
+
+
+def find_state(experiments: Path, run_id: str) -> Optional[Path]:
+    """The state a run would continue from: its state.pt, or, for a continuation killed before
+    its first save, the state its parent left (and so on up the lineage); None: from step 0, or a
+    finished run whose state.pt was deleted (train.py --prune-states)."""
+    for _ in range(10_000):  # a lineage is finite; the bound guards against a hand-edited loop
+        path = experiments / run_id / STATE_FILE
+        if path.exists():
+            return path
+        info = read_run(experiments / run_id) or {}
+        if not info.get("parent") or info.get("status") in ("finished", "damaged"):
+            return None
+        run_id = info["parent"]["id"]
+    return None
 
 
 def children_of(run_id: str) -> list[str]:
@@ -237,36 +279,6 @@ def update_view(folder: Path, start_utc: str, files: tuple) -> bool:
         link_or_copy(folder / "run.json", CHECKPOINTS / "run.json")
         fsync_dir(CHECKPOINTS)
     return True
-
-
-# ---------------------------------------------------------------- the table
-def format_table(runs: list[dict]) -> str:
-    """--list: every run, newest last; '*' marks the one shown in checkpoints/."""
-    shown = (shown_run() or {}).get("id")
-    header = ("", "id", "status", "model", "epochs", "val_acc", "parent", "duration")
-    rows = [header]
-    for r in runs:
-        metrics = r.get("metrics") or {}
-        acc = metrics.get("val_acc")
-        rows.append(("*" if r["id"] == shown else "", r["id"], r.get("status", "?"), r.get("model", "?"),
-                     f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}",
-                     f"{acc:.4f}" if isinstance(acc, float) else "-",
-                     (r.get("parent") or {}).get("id") or "-", _duration(r)))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    if len(rows) == 1:
-        lines.append("(no runs yet: python train.py starts one)")
-    return "\n".join(lines)
-
-
-def _duration(r: dict) -> str:
-    try:
-        start = datetime.datetime.fromisoformat(r["start_utc"])
-        end = datetime.datetime.fromisoformat(r.get("end_utc") or r.get("updated_utc"))
-    except (KeyError, TypeError, ValueError):
-        return "-"
-    seconds = int((end - start).total_seconds())
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # ---------------------------------------------------------------- writing one run

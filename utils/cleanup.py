@@ -1,0 +1,186 @@
+"""Looking after the store after runs end: tags and notes added later, deleting runs to
+experiments/.trash/ and restoring them, and deleting the state.pt files nothing needs any more.
+
+Every change is checked first and refused whole (exit 2, nothing moved) when one part of it is
+unsafe. Nothing outside experiments/ and checkpoints/ is touched."""
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+from filelock import FileLock
+
+from utils import runstore
+from utils.errors import UsageError
+from utils.runstore import (
+    LABELS_FILE,
+    RUN_ID_RE,
+    STATE_FILE,
+    STORE_LOCK,
+    TRASH,
+    VIEW_FILES,
+    find_run,
+    find_state,
+    list_runs,
+    newest_named,
+    normalize_run_id,
+    read_labels,
+    read_run,
+    shown_run,
+    update_view,
+    utc_now,
+    write_json,
+)
+
+UNFINISHED = ("running", "killed", "interrupted", "failed")  # statuses of runs that may still be continued
+
+
+# ---------------------------------------------------------------- labels added later
+def add_labels(spec: str, tags: list[str] = (), note: Optional[str] = None, option: str = "--tag") -> str:
+    """Add tags or a note to a run's labels.json; run.json, the config and the weights keep their bytes."""
+    from utils.config import LABEL_RE
+
+    bad = [t for t in tags if not LABEL_RE.match(t)]
+    if bad:
+        raise UsageError(f"{option}: '{bad[0]}' is not a tag; use up to 64 letters, digits and . _ + -")
+    if note is not None and not note.strip():
+        raise UsageError(f"{option}: the note is empty; write the text after the run id")
+    run = find_run(spec, option, lambda r: True, "")
+    folder = runstore.EXPERIMENTS / run["id"]
+    with FileLock(runstore.EXPERIMENTS / STORE_LOCK):
+        labels = read_labels(folder)
+        labels["tags"] = list(dict.fromkeys(labels["tags"] + list(tags)))
+        if note is not None:
+            labels["notes"].append({"utc": utc_now(), "text": note.strip()})
+        write_json(folder / LABELS_FILE, labels)
+    what = f"note added to run {run['id']}" if note is not None else f"run {run['id']} tagged {', '.join(tags)}"
+    print(what)
+    return run["id"]
+
+
+# ---------------------------------------------------------------- which state files are needed
+def needed_by(runs: list[dict]) -> dict[str, list[str]]:
+    """run id -> the unfinished runs that would continue from that run's state.pt (their own
+    continuations killed before their first save lead back to it)."""
+    needs: dict[str, list[str]] = {}
+    for r in runs:
+        if r.get("status") in UNFINISHED:
+            path = find_state(runstore.EXPERIMENTS, r["id"])
+            if path is not None and path.parent.name != r["id"]:
+                needs.setdefault(path.parent.name, []).append(r["id"])
+    return needs
+
+
+# ---------------------------------------------------------------- delete and restore
+def delete_runs(specs: list[str], dry_run: bool = False) -> list[str]:
+    """Move runs to experiments/.trash/. Refused whole for a running run, or one whose state.pt
+    an unfinished run outside the set still needs."""
+    runs = list_runs()
+    chosen = _resolve(specs, runs, "--delete", lambda spec: find_run(spec, "--delete", lambda r: True, ""))
+    ids = [r["id"] for r in chosen]
+    needs = needed_by(runs)
+    problems = [f"run {r['id']} is running; stop it first" for r in chosen if r.get("status") == "running"]
+    for r in chosen:
+        users = [u for u in needs.get(r["id"], []) if u not in ids]
+        if users:
+            problems.append(f"run {r['id']} holds the state that {', '.join(users)} would continue from; "
+                            f"delete those too, or continue them first")
+    if problems:
+        raise UsageError("--delete: " + "; ".join(problems) + " (nothing was deleted)")
+    experiments = runstore.EXPERIMENTS
+    _move(ids, experiments, experiments / TRASH, dry_run, "would move" if dry_run else "moved", "to experiments/.trash/")
+    if not dry_run:
+        print(f"restore with: python train.py --restore {' '.join(ids)}")
+    return ids
+
+
+def restore_runs(specs: list[str], dry_run: bool = False) -> list[str]:
+    """Move runs back from experiments/.trash/; refused when a run of that id exists again."""
+    trash = runstore.EXPERIMENTS / TRASH
+    runs = trashed_runs()
+    chosen = _resolve(specs, runs, "--restore", lambda spec: _in_trash(spec, runs))
+    ids = [r["id"] for r in chosen]
+    clash = [i for i in ids if (runstore.EXPERIMENTS / i).exists()]
+    if clash:
+        raise UsageError(f"--restore: experiments/{clash[0]} exists already; move it away first (nothing was restored)")
+    _move(ids, trash, runstore.EXPERIMENTS, dry_run, "would restore" if dry_run else "restored", "to experiments/")
+    return ids
+
+
+def trashed_runs() -> list[dict]:
+    trash = runstore.EXPERIMENTS / TRASH
+    found = [read_run(d) for d in sorted(trash.iterdir()) if RUN_ID_RE.match(d.name)] if trash.is_dir() else []
+    return sorted((r for r in found if r), key=lambda r: (r.get("start_utc", ""), r["id"]))
+
+
+def _in_trash(spec: str, runs: list[dict]) -> dict:
+    spec = normalize_run_id(spec, "--restore")
+    if spec.startswith("name:"):
+        return newest_named(runs, spec[5:], lambda r: True, "--restore")
+    run = next((r for r in runs if r["id"] == spec), None)
+    if run is None:
+        ids = ", ".join(r["id"] for r in runs[-5:]) or "none"
+        raise UsageError(f"--restore: no run '{spec}' in experiments/.trash/; deleted runs: {ids}")
+    return run
+
+
+def _resolve(specs: list[str], runs: list[dict], option: str, find: Callable[[str], dict]) -> list[dict]:
+    if not specs:
+        raise UsageError(f"{option} needs at least one run id")
+    chosen = {}
+    for spec in specs:
+        run = find(spec)
+        chosen[run["id"]] = run
+    return list(chosen.values())
+
+
+def _move(ids: list[str], src: Path, dst: Path, dry_run: bool, verb: str, where: str) -> None:
+    """Rename run folders from src to dst (atomic, same file system), then show the newest run in checkpoints/."""
+    if not ids:
+        return
+    print(f"{verb} {len(ids)} run{'s' * (len(ids) > 1)} {where}: {', '.join(ids)}")
+    if dry_run:
+        return
+    dst.mkdir(exist_ok=True)
+    with FileLock(runstore.EXPERIMENTS / STORE_LOCK):
+        for run_id in ids:
+            os.rename(src / run_id, dst / run_id)
+    refresh_view()
+
+
+def refresh_view() -> None:
+    """checkpoints/ never shows a deleted run: when its run is gone it shows the newest run left
+    (or nothing); a restored run newer than the one shown takes its place."""
+    runs = list_runs()
+    shown = (shown_run() or {}).get("id")
+    if shown is not None and not (runstore.EXPERIMENTS / shown).is_dir():
+        with FileLock(runstore.EXPERIMENTS / STORE_LOCK):
+            for name in VIEW_FILES:
+                (runstore.CHECKPOINTS / name).unlink(missing_ok=True)
+    if runs:
+        newest = runs[-1]
+        files = ("config.yaml", "run.json", "model.safetensors") if newest.get("status") == "finished" else ("config.yaml", "run.json")
+        folder = runstore.EXPERIMENTS / newest["id"]
+        update_view(folder, newest["start_utc"], tuple(f for f in files if (folder / f).exists()))
+
+
+# ---------------------------------------------------------------- state files nothing needs
+def prune_states(dry_run: bool = False) -> int:
+    """Delete the state.pt of finished runs that no unfinished run would continue from; returns the
+    bytes freed. Such a run keeps its weights and can still start new runs (init_from)."""
+    runs = list_runs()
+    needs = needed_by(runs)
+    paths = [runstore.EXPERIMENTS / r["id"] / STATE_FILE for r in runs if r.get("status") == "finished" and r["id"] not in needs]
+    paths = [p for p in paths if p.exists()]
+    freed = sum(p.stat().st_size for p in paths)
+    verb = "would delete" if dry_run else "deleted"
+    print(f"{verb} the state.pt of {len(paths)} finished run{'s' * (len(paths) != 1)}, "
+          f"{'freeing' if dry_run else 'freed'} {freed} bytes ({freed / 2**20:.1f} MiB)")
+    for p in paths:
+        print(f"  {p.parent.name}")
+        if not dry_run:
+            p.unlink()
+    kept = [f"{run_id} (needed by {', '.join(users)})" for run_id, users in needs.items()]
+    if kept:
+        print(f"kept: {'; '.join(kept)}")
+    return freed

@@ -1,0 +1,175 @@
+"""--list: a table of runs that tells them apart (name, what differs from the defaults, the headline
+metric), filtered and sorted, or as JSON for scripts. Reads run.json files only: no torch, so a
+thousand runs list at once."""
+import datetime
+import json
+from typing import Any, Optional
+
+from utils.config import DEFAULTS, KEYS, LABEL_KEYS, changed_keys, convert, suggest
+from utils.errors import UsageError
+from utils.runstore import EPOCH_METRICS, list_runs, shown_run
+
+STATUSES = ("running", "finished", "failed", "interrupted", "killed", "damaged")
+# Filters besides the config keys (which match the run's config.yaml values).
+FIELDS = ("status", "name", "tag", "model", "parent")
+LOWER_IS_BETTER = ("val_loss", "train_loss")
+SORT_KEYS = (*EPOCH_METRICS, "best", "id", "name", "status", "model", "epochs", "duration", "params")
+
+
+def list_command(words: list[str], sort: Optional[str] = None, as_json: bool = False) -> int:
+    """python train.py --list [KEY=VALUE ...] [--sort KEY] [--json]: print the runs that match."""
+    filters = parse_filters(words)
+    if sort is not None and sort not in SORT_KEYS and sort not in DEFAULTS:
+        raise UsageError(f"--sort: '{sort}' is not a column{suggest(sort, [*SORT_KEYS, *KEYS])}; "
+                         f"use one of {', '.join(SORT_KEYS)} or a config key")
+    runs = [r for r in list_runs() if matches(r, filters)]
+    if sort is not None:
+        runs = sort_runs(runs, sort)
+    print(json.dumps([summary(r) for r in runs], indent=1) if as_json else format_table(runs))
+    return 0
+
+
+def parse_filters(words: list[str]) -> list[tuple[str, Any]]:
+    """KEY=VALUE words -> (key, value); every key and value checked before anything is listed."""
+    filters = []
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not value:
+            raise UsageError(f"--list: '{word}' is not a filter KEY=VALUE, e.g. status=finished tag=baseline model=resnet18")
+        if key == "status" and value not in STATUSES:
+            raise UsageError(f"--list: status '{value}' is not one of {' | '.join(STATUSES)}{suggest(value, list(STATUSES))}")
+        if key in FIELDS:
+            filters.append((key, value))
+        elif key in DEFAULTS and key not in LABEL_KEYS:
+            filters.append((key, config_value(key, value)))
+        else:
+            raise UsageError(f"--list: cannot filter by '{key}'{suggest(key, [*FIELDS, *KEYS])}; "
+                             f"use {', '.join(FIELDS)} or a config key")
+    return filters
+
+
+def config_value(key: str, text: str) -> Any:
+    from utils.config import parse_override
+
+    try:
+        return convert(key, parse_override(f"{key}={text}")[1])
+    except ValueError as e:
+        raise UsageError(f"--list: {key}={text}: {e}") from None
+
+
+def matches(run: dict, filters: list[tuple[str, Any]]) -> bool:
+    for key, value in filters:
+        if key == "tag":
+            ok = value in (run.get("tags") or [])
+        elif key == "parent":
+            ok = (run.get("parent") or {}).get("id") == value
+        elif key in FIELDS:
+            ok = str(run.get(key)) == value
+        else:
+            ok = (run.get("config") or {}).get(key) == value
+        if not ok:
+            return False
+    return True
+
+
+def headline(run: dict) -> str:
+    """The metric the run was judged by: the one that picked its best epoch."""
+    return (run.get("config") or {}).get("monitor", "val_acc")
+
+
+def sort_value(run: dict, key: str) -> Any:
+    """The value --sort orders by; metrics so that the best run comes last, next to the prompt."""
+    if key in EPOCH_METRICS or key == "best":
+        metric = headline(run) if key == "best" else key
+        value = ((run.get("best") or {}).get("metrics") or {} if key == "best" else run.get("metrics") or {}).get(metric)
+        if value is None:
+            return None
+        return -value if metric in LOWER_IS_BETTER else value
+    if key == "duration":
+        return duration_seconds(run)
+    if key == "epochs":
+        return run.get("epochs_done")
+    return run.get(key) if key in SORT_KEYS else (run.get("config") or {}).get(key)
+
+
+def sort_runs(runs: list[dict], key: str) -> list[dict]:
+    """Runs without a value first, then by value; ties stay in start order (sorted is stable)."""
+    def order(run: dict) -> tuple:
+        value = sort_value(run, key)
+        return (value is not None, value if isinstance(value, (int, float)) else str(value) if value is not None else 0)
+    try:
+        return sorted(runs, key=order)
+    except TypeError:  # a key holding numbers in some runs and text in others
+        return sorted(runs, key=lambda r: (sort_value(r, key) is not None, str(sort_value(r, key))))
+
+
+def changed(run: dict) -> dict:
+    """What differs from the defaults: recorded at the start of newer runs (before `auto` values
+    were resolved), worked out from the saved config for older ones."""
+    return run["changed"] if isinstance(run.get("changed"), dict) else changed_keys(run.get("config") or {})
+
+
+def format_changed(values: dict) -> str:
+    return " ".join(f"{k}={_short(v)}" for k, v in values.items())
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def metric_text(run: dict, where: str, metric: str, common: str) -> str:
+    """A run's final or best value of its headline metric ('-' when it has none)."""
+    source = run.get("metrics") if where == "final" else (run.get("best") or {}).get("metrics")
+    value = (source or {}).get(metric)
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.4f}" if metric == common else f"{metric}={value:.4f}"
+
+
+def format_table(runs: list[dict]) -> str:
+    """The table --list prints: every run, oldest first; '*' marks the one shown in checkpoints/."""
+    shown = (shown_run() or {}).get("id")
+    monitors = [headline(r) for r in runs]
+    common = max(set(monitors), key=monitors.count) if monitors else "val_acc"
+    header = ("", "id", "status", "name", "model", "epochs", common, "best", "parent", "duration", "tags", "changed")
+    rows = [header]
+    for r, metric in zip(runs, monitors):
+        rows.append(("*" if r["id"] == shown else "", r["id"], r.get("status", "?"), r.get("name") or "-", r.get("model", "?"),
+                     f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}", metric_text(r, "final", metric, common),
+                     metric_text(r, "best", metric, common), (r.get("parent") or {}).get("id") or "-",
+                     format_duration(duration_seconds(r)), ",".join(r.get("tags") or []) or "-", format_changed(changed(r))))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    if len(rows) == 1:
+        lines.append("(no runs match)" if list_runs() else "(no runs yet: python train.py starts one)")
+    return "\n".join(lines)
+
+
+def summary(run: dict) -> dict:
+    """One run for --list --json and the HTML index."""
+    keep = ("id", "status", "name", "tags", "notes", "model", "epochs", "epochs_done", "steps_done", "metrics",
+            "start_utc", "end_utc", "init_from", "params", "stopped_early")
+    out = {k: run.get(k) for k in keep}
+    out |= {"headline": headline(run), "best": (run.get("best") or {}).get("metrics"), "best_epoch": (run.get("best") or {}).get("epoch"),
+            "changed": changed(run), "parent": (run.get("parent") or {}).get("id"),
+            "dataset": (run.get("config") or {}).get("dataset"), "duration_s": duration_seconds(run)}
+    return out
+
+
+def duration_seconds(r: dict) -> Optional[int]:
+    try:
+        start = datetime.datetime.fromisoformat(r["start_utc"])
+        end = datetime.datetime.fromisoformat(r.get("end_utc") or r.get("updated_utc"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return int((end - start).total_seconds())
+
+
+def format_duration(seconds: Optional[int]) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,152 @@
+"""experiments/index.html: one self-contained page of every run (no server, no network, no
+scripts from elsewhere). A table sortable by clicking a column, each run's curves drawn inline
+as SVG from its metrics.csv, links to its folder and A/B reports, and the lineage of continued
+runs. Written at the end of every run and by inference.py --report."""
+import datetime
+import html
+from pathlib import Path
+from typing import Optional
+
+from utils import runstore
+from utils.listing import changed, format_changed, format_duration, headline, summary
+from utils.runstore import list_runs, read_metrics, write_text
+
+INDEX = "index.html"
+COLUMNS = ("status", "id", "name", "tags", "changed", "metric", "final", "best", "epochs", "duration", "started (UTC)",
+           "parent", "curves", "reports", "notes")
+NUMERIC = ("final", "best", "epochs", "duration")
+
+STYLE = """
+body{font:13px system-ui,sans-serif;margin:16px;color:#222}
+table{border-collapse:collapse;width:100%}
+th,td{border-bottom:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:middle;white-space:nowrap}
+th{position:sticky;top:0;background:#f4f4f4;cursor:pointer;user-select:none}
+th.asc::after{content:" \\25B2"} th.desc::after{content:" \\25BC"}
+tr:target{background:#fff6cc} td.notes{white-space:normal;max-width:24em}
+.finished{color:#186a1e} .failed,.damaged{color:#b00020} .killed,.interrupted{color:#a05a00} .running{color:#0b57d0}
+#filter{margin:8px 0;padding:4px;width:24em} ul{margin:2px 0} .muted{color:#777}
+"""
+
+SCRIPT = """
+(function(){
+  var table=document.getElementById('runs'), body=table.tBodies[0];
+  var heads=table.tHead.rows[0].cells;
+  function key(row,i,num){var c=row.cells[i],v=c.getAttribute('data-value');if(v===null)v=c.textContent;
+    if(!num)return v.toLowerCase();var n=parseFloat(v);return isNaN(n)?-Infinity:n;}
+  Array.prototype.forEach.call(heads,function(th,i){th.addEventListener('click',function(){
+    var num=th.getAttribute('data-type')==='num', asc=!th.classList.contains('asc');
+    Array.prototype.forEach.call(heads,function(h){h.classList.remove('asc','desc');});
+    th.classList.add(asc?'asc':'desc');
+    var rows=Array.prototype.slice.call(body.rows);
+    rows.sort(function(a,b){var x=key(a,i,num),y=key(b,i,num);return (x<y?-1:x>y?1:0)*(asc?1:-1);});
+    rows.forEach(function(r){body.appendChild(r);});
+  });});
+  document.getElementById('filter').addEventListener('input',function(e){
+    var q=e.target.value.toLowerCase();
+    Array.prototype.forEach.call(body.rows,function(r){r.style.display=r.textContent.toLowerCase().indexOf(q)<0?'none':'';});
+  });
+})();
+"""
+
+
+def write_index(experiments: Optional[Path] = None) -> Path:
+    """Write experiments/index.html for every run in the store; returns its path."""
+    experiments = experiments or runstore.EXPERIMENTS
+    runs = list_runs(experiments)
+    rows = "\n".join(run_row(r, experiments) for r in runs)
+    heads = "".join(f'<th data-type="{"num" if c in NUMERIC else "text"}">{c}</th>' for c in COLUMNS)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Runs: {len(runs)}</title>'
+            f"<style>{STYLE}</style></head><body>\n<h1>Runs in experiments/</h1>\n"
+            f'<p class="muted">{len(runs)} runs, written {when}. Click a column header to sort; type to filter.</p>\n'
+            f'<input id="filter" placeholder="filter: id, name, tag, key=value ...">\n'
+            f'<table id="runs"><thead><tr>{heads}</tr></thead><tbody>\n{rows}\n</tbody></table>\n'
+            f"<h2>Lineage</h2>\n{lineage(runs)}\n<script>{SCRIPT}</script>\n</body></html>\n")
+    path = experiments / INDEX
+    write_text(path, page)
+    return path
+
+
+def cell(text: str, value=None, cls: str = "", raw: bool = False) -> str:
+    """A table cell; `value` is what sorting uses when it differs from the text shown."""
+    attrs = (f' data-value="{html.escape(str(value))}"' if value is not None else "") + (f' class="{cls}"' if cls else "")
+    return f"<td{attrs}>{text if raw else html.escape(str(text))}</td>"
+
+
+def run_row(r: dict, experiments: Path) -> str:
+    s = summary(r)
+    rid, metric = s["id"], s["headline"]
+    final = (s["metrics"] or {}).get(metric)
+    best = (s["best"] or {}).get(metric)
+    parent = f'<a href="#run-{html.escape(s["parent"])}">{html.escape(s["parent"])}</a>' if s["parent"] else "-"
+    notes = " / ".join(s["notes"] or [])
+    cells = [cell(s["status"], cls=s["status"]),
+             cell(f'<a href="{rid}/">{rid}</a>', rid, raw=True),
+             cell(s["name"] or "-"), cell(", ".join(s["tags"] or []) or "-"),
+             cell(format_changed(changed(r)) or "-"), cell(metric),
+             cell(_num(final), final if final is not None else ""), cell(_num(best), best if best is not None else ""),
+             cell(f"{s['epochs_done'] or 0}/{s['epochs'] or '?'}", s["epochs_done"] or 0),
+             cell(format_duration(s["duration_s"]), s["duration_s"] if s["duration_s"] is not None else ""),
+             cell((s["start_utc"] or "")[:19].replace("T", " ")), cell(parent, s["parent"] or "", raw=True),
+             cell(curves(experiments / rid, metric), raw=True), cell(reports(experiments / rid), raw=True),
+             cell(notes[:80] + ("..." if len(notes) > 80 else ""), cls="notes")]
+    title = f' title="{html.escape(notes)}"' if notes else ""
+    return f'<tr id="run-{rid}"{title}>{"".join(cells)}</tr>'
+
+
+def _num(v) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+
+def curves(folder: Path, metric: str, width: int = 140, height: int = 34) -> str:
+    """Train and validation loss (blue, orange, one scale) and the headline metric (green, its own
+    scale) per epoch, as an inline SVG; a link to curves.png when the run drew one."""
+    rows = read_metrics(folder)
+    series = [("train_loss", "#1f77b4"), ("val_loss", "#ff7f0e"), (metric, "#2ca02c")]
+    lines = []
+    loss = [r[k] for r in rows for k in ("train_loss", "val_loss") if k in r]
+    for key, color in series:
+        points = [(r["epoch"], r[key]) for r in rows if key in r and "epoch" in r]
+        if len(points) < 2:
+            continue
+        values = loss if key in ("train_loss", "val_loss") else [v for _, v in points]
+        lo, hi = min(values), max(values)
+        x0, x1 = points[0][0], points[-1][0]
+        xy = " ".join(f"{(e - x0) / ((x1 - x0) or 1) * (width - 4) + 2:.1f},"
+                      f"{height - 2 - (v - lo) / ((hi - lo) or 1) * (height - 4):.1f}" for e, v in points)
+        lines.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{xy}"/>')
+    png = f' <a href="{folder.name}/curves.png">png</a>' if (folder / "curves.png").exists() else ""
+    if not lines:
+        return png.strip() or "-"
+    last = rows[-1]
+    tip = html.escape(", ".join(f"{k} {last[k]:.4g}" for k, _ in series if k in last) + f" (epoch {last.get('epoch')})")
+    return f'<svg width="{width}" height="{height}" role="img"><title>{tip}</title>{"".join(lines)}</svg>{png}'
+
+
+def reports(folder: Path) -> str:
+    """Links to the A/B reports written under the run's inference/ folder."""
+    found = sorted((folder / "inference").glob("compare_*.md")) if (folder / "inference").is_dir() else []
+    links = [f'<a href="{folder.name}/inference/{html.escape(p.name)}">{html.escape(p.stem[len("compare_"):])}</a>' for p in found]
+    return "<br>".join(links) or "-"
+
+
+def lineage(runs: list[dict]) -> str:
+    """Nested lists of the runs that were continued, from each first run of a lineage down."""
+    ids = {r["id"] for r in runs}
+    kids: dict[str, list[dict]] = {}
+    for r in runs:
+        parent = (r.get("parent") or {}).get("id")
+        if parent in ids:
+            kids.setdefault(parent, []).append(r)
+    roots = [r for r in runs if r["id"] in kids and (r.get("parent") or {}).get("id") not in ids]
+    if not roots:
+        return '<p class="muted">No run has been continued yet.</p>'
+
+    def tree(r: dict) -> str:
+        metric = headline(r)
+        value = (r.get("metrics") or {}).get(metric)
+        label = (f'<a href="#run-{r["id"]}">{r["id"]}</a> <span class="{r.get("status")}">{r.get("status")}</span> '
+                 f'{html.escape(r.get("name") or "")} {metric} {_num(value)}')
+        below = "".join(tree(k) for k in kids.get(r["id"], []))
+        return f"<li>{label}{f'<ul>{below}</ul>' if below else ''}</li>"
+    return "<ul>" + "".join(tree(r) for r in roots) + "</ul>"
