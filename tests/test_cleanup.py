@@ -98,7 +98,7 @@ def test_delete_restore_prune_leave_every_other_run_usable(project):
     """A store with finished, continued and killed runs: F1 -> F2 (continued, finished) -> K2 (killed before
     its first save: it needs F2's state.pt); U finished; K1 killed mid-epoch. R = F2 continued uninterrupted."""
     f1 = project.train("epochs=2", "name=base", "tags=baseline")
-    f2 = project.train(f"resume={f1}", "epochs=3")
+    f2 = project.train(f"resume='{f1[:10]}_{f1[11:].replace('-', ':')}'", "epochs=3")  # quoted, as YAML reads it
     r_ = project.train(f"resume={f2}", "epochs=4")
     u = project.train("epochs=2", "seed=1")
     assert project.run("train.py", "epochs=2", "seed=1", "checkpoint_every_steps=5",

@@ -98,8 +98,8 @@ def test_list_shows_parent_child_and_killed(project):
     (killed,) = project.run_ids()
     child = project.train(f"resume={killed}", "epochs=2")
     listing = project.run("inference.py", "--list").stdout
-    assert re.search(rf"^\s+{killed}\s+killed\s+small_cnn\s+1/2", listing, re.M), listing
-    assert re.search(rf"^\*\s+{child}\s+finished\s+small_cnn\s+2/2\s+0\.\d+\s+{killed}", listing, re.M), listing
+    assert re.search(rf"^\s+{killed}\s+killed\s+-\s+small_cnn\s+1/2", listing, re.M), listing  # name: -
+    assert re.search(rf"^\*\s+{child}\s+finished\s+-\s+small_cnn\s+2/2\s+0\.\d+\s+0\.\d+\s+{killed}", listing, re.M), listing
     assert listing.index(killed) < listing.index(child), "newest last"
     log = (project.experiments / child / "train.log").read_text()
     assert f"continuing run {killed} from epoch 2" in log
