@@ -29,7 +29,7 @@ from utils.config import (
     to_yaml,
 )
 from utils.errors import RunFailure, UsageError, fault_point, run_main
-from utils.runstore import BEST_FILE, EPOCH_METRICS, EXPERIMENTS, RunFolder, find_run, find_state, link_or_copy
+from utils.runstore import BEST_FILE, EXPERIMENTS, RunFolder, find_run, find_state, link_or_copy
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +47,7 @@ class Plan:
     init: Optional[dict]        # run.json of the run whose weights start a new run (init_from), or None
     notes: list[str]            # lines for train.log: applied and ignored keys, warnings
     changed: dict               # the experiment's keys that differ from the defaults, as the user set them
+    task: object = None         # the task (tasks/): what is specific to classify, wgan_gp, ...
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -56,16 +57,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     plan = plan_run(load_config(args.config, args.overrides))
     from train.build import resolve_auto
 
+    task = plan.task  # what is specific to the task: tasks/<task>.py
     device = prepare_machine(plan.cfg)
-    data = load_data(plan.cfg)
-    model = build_model_for(plan, data)
-    plan.cfg = cfg = resolve_auto(plan.cfg, device, model)  # as config.yaml will record it
+    data = task.prepare_data(plan.cfg, load_data(plan.cfg))
+    model = build_model_for(plan, task, data)
+    plan.cfg = cfg = resolve_auto(plan.cfg, device, model, task)  # as config.yaml will record it
     place_model(model, cfg, device)
     train_loader, val_loader = make_loaders(cfg, data, device)
-    parts = build_parts(cfg, model, train_loader.batch_sampler.steps_per_epoch(), device)
-    state = restore(plan, parts, device)
+    parts = task.build_parts(cfg, model, train_loader.batch_sampler.steps_per_epoch(), device)
+    state = restore(plan, task, parts, device)
     run = start_run(plan, state, data, model, device)
-    trainer = make_trainer(cfg, parts, train_loader, val_loader, device, run, state, weights_meta(cfg, data))
+    trainer = make_trainer(cfg, task, parts, (train_loader, val_loader), device, run, state, task.weights_meta(cfg, data.info))
     return fit_and_finish(trainer, run, cfg)
 
 
@@ -134,7 +136,9 @@ def plan_run(cfg: Config) -> Plan:
                         f"has no final weights (status {r['status']}); choose a finished run")
     if parent is not None:
         changed = parent["changed"] if isinstance(parent.get("changed"), dict) else changed_keys(parent["config"])
-    return Plan(cfg, parent, init, notes, changed)
+    from tasks import task_dict
+
+    return Plan(cfg, parent, init, notes, changed, task_dict[cfg.task]())
 
 
 def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
@@ -211,11 +215,11 @@ def load_data(cfg: Config) -> Data:
     return data
 
 
-def build_model_for(plan: Plan, data: Data) -> torch.nn.Module:
-    """The model_dict model for the data, from init_from's weights if set."""
-    from train.build import build_model, load_weights
+def build_model_for(plan: Plan, task, data: Data) -> torch.nn.Module:
+    """The task's model (from model_dict) for the data, from init_from's weights if set."""
+    from train.build import load_weights
 
-    model = build_model(plan.cfg, data.info)
+    model = task.build_model(plan.cfg, data.info)
     if plan.init is not None:
         load_weights(model, EXPERIMENTS / plan.init["id"] / "model.safetensors", plan.init["weights"], "init_from")
     return model
@@ -249,39 +253,21 @@ def make_loaders(cfg: Config, data: Data, device: torch.device) -> tuple:
     return make_loader(data.train, sampler, cfg.num_workers, pin), make_loader(data.val, val_sampler, cfg.num_workers, pin)
 
 
-def build_parts(cfg: Config, model: torch.nn.Module, steps_per_epoch: int, device: torch.device) -> TrainingParts:
-    """The model with its optimizer, schedule, gradient scaler and weight average."""
-    import torch
-
-    from train.build import build_ema, build_optimizer, build_scheduler
-    from train.checkpoint import TrainingParts
-
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    return TrainingParts(model, optimizer, scheduler, scaler, build_ema(cfg, model))
-
-
-def weights_meta(cfg: Config, data: Data) -> dict:
-    """What a weights file says about itself: enough to rebuild the model, nothing run-specific, so
-    the same experiment gives the same file (and sha256) whatever its run id."""
-    return {"base_model": cfg.base_model, "dropout": cfg.dropout, "data": dataclasses.asdict(data.info)}
-
-
-def restore(plan: Plan, parts: TrainingParts, device: torch.device) -> TrainState:
+def restore(plan: Plan, task, parts: TrainingParts, device: torch.device) -> TrainState:
     """Where the run starts: the state the parent's lineage saved last, or step 0."""
     from train import checkpoint
     from train.device import environment_warnings
 
     path = find_state(EXPERIMENTS, plan.parent["id"]) if plan.parent else None
     if path is None:
-        return checkpoint.TrainState()
+        return checkpoint.TrainState(sums=task.new_sums())
     state, notes = checkpoint.load_state_dict(checkpoint.read_state(path), parts)
+    state.sums = task.new_sums() | state.sums  # older files lack the sums added since
     plan.notes += notes + environment_warnings(plan.parent, device)
     return state
 
 
-def make_trainer(cfg: Config, parts: TrainingParts, train_loader, val_loader, device: torch.device,
+def make_trainer(cfg: Config, task, parts: TrainingParts, loaders: tuple, device: torch.device,
                  run: Optional[RunFolder], state: TrainState, meta: dict) -> Trainer:
     """The Trainer, with the model wrapped for DDP and torch.compile as configured."""
     import torch
@@ -289,16 +275,16 @@ def make_trainer(cfg: Config, parts: TrainingParts, train_loader, val_loader, de
     from train import Trainer
     from utils import dist
 
-    net = parts.model
-    if dist.enabled():
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
+    def wrapper(net: torch.nn.Module) -> torch.nn.Module:
+        if dist.enabled():
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+        return torch.compile(net) if cfg.compile else net
+    net = task.wrap(parts.model, wrapper)
     tb = None
     if run is not None and cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
         tb = SummaryWriter(log_dir=str(run.folder / "tb"))
-    return Trainer(cfg=cfg, parts=parts, net=net, train_loader=train_loader, val_loader=val_loader,
+    return Trainer(cfg=cfg, task=task, parts=parts, net=net, train_loader=loaders[0], val_loader=loaders[1],
                    device=device, run=run, state=state, weights_meta=meta, tb=tb)
 
 
@@ -314,7 +300,7 @@ def start_run(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module,
     fault_point("started")
     inherit_best(run, parent)
     what = f"continuing run {parent['id']} from epoch {state.epoch + 1}, step {state.step}" if parent else "new run"
-    run.log(f"run {run.id}: {what}; {cfg.base_model} on {cfg.dataset} ({len(data.train)} train / "
+    run.log(f"run {run.id}: {what}; {'+'.join(plan.task.model_names(cfg))} on {cfg.dataset} ({len(data.train)} train / "
             f"{len(data.val)} val), {device} x{dist.world_size()}, {cfg.epochs} epochs")
     for line in plan.notes:
         run.log(line)
@@ -338,14 +324,15 @@ def run_info(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, 
     cfg = plan.cfg
     return {"config": dataclasses.asdict(cfg),
             "parent": {"id": plan.parent["id"], "epoch": state.epoch, "step": state.step} if plan.parent else None,
-            "init_from": plan.init["id"] if plan.init else None, "model": cfg.base_model, "epochs": cfg.epochs,
+            "init_from": plan.init["id"] if plan.init else None, "task": cfg.task,
+            "model": "+".join(plan.task.model_names(cfg)), "epochs": cfg.epochs,
             "name": cfg.name, "tags": cfg.tags, "notes": cfg.notes, "changed": plan.changed,
             "epochs_done": state.epoch, "steps_done": state.global_step,
             "class_names": data.info.class_names,
             "data": data_fields(data.info) | {"dataset": cfg.dataset, "val_split": data.val_split},
             "val_hash": data.val_hash, "train_size": len(data.train), "val_size": len(data.val),
             "params": sum(p.numel() for p in model.parameters()),
-            "model_source_sha256": model_source_hash(cfg.base_model), **environment(device)}
+            "model_source_sha256": model_source_hash(*plan.task.model_names(cfg)), **environment(device)}
 
 
 def fit_and_finish(trainer: Trainer, run: Optional[RunFolder], cfg: Config) -> int:
@@ -382,10 +369,10 @@ def finish(run: RunFolder, trainer: Trainer, cfg: Config, final: dict) -> None:
     fault_point("weights")
     weights = run.folder / "model.safetensors"
     write_weights(weights, trainer.parts.eval_model(), trainer.weights_meta)
-    plot_curves(trainer.history, run.folder / "curves.png", title=f"run {run.id} ({cfg.base_model})")
-    run.log(f"finished run {run.id}: val_acc {final['val_acc']:.4f}; weights in experiments/{run.id}/model.safetensors")
+    plot_curves(trainer.history, run.folder / "curves.png", title=f"run {run.id} ({run.info['model']})")
+    run.log(f"finished run {run.id}: {trainer.task.summary(final)}; weights in experiments/{run.id}/model.safetensors")
     fault_point("final")
-    run.finish(weights, metrics={k: final[k] for k in EPOCH_METRICS})
+    run.finish(weights, metrics={k: final[k] for k in trainer.task.metrics if k in final})
 
 
 if __name__ == "__main__":

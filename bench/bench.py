@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from tasks.classify import Classify  # noqa: E402
 from train import Trainer, checkpoint, evaluate  # noqa: E402
 from train.build import build_model, build_optimizer, build_scheduler, resolve_auto  # noqa: E402
 from train.checkpoint import TrainingParts, TrainState  # noqa: E402
@@ -63,7 +64,7 @@ def setup(cfg: Config):
     if cfg.augment != "none":
         data.train.augment = Augment(cfg.seed, AUTO_POLICY[cfg.dataset] if cfg.augment == "auto" else cfg.augment)
     model = build_model(cfg, data.info)
-    if resolve_auto(cfg, torch.device("cpu"), model).channels_last == "true":
+    if resolve_auto(cfg, torch.device("cpu"), model, Classify()).channels_last == "true":
         model.to(memory_format=torch.channels_last)  # as train.py does
     sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed)
     loader = make_loader(data.train, sampler, cfg.num_workers, False)
@@ -72,12 +73,13 @@ def setup(cfg: Config):
 
 
 def make_trainer(cfg: Config, model, loader, val_loader) -> Trainer:
-    cfg = resolve_auto(cfg, torch.device("cpu"), model)
+    task = Classify()
+    cfg = resolve_auto(cfg, torch.device("cpu"), model, task)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, loader.batch_sampler.steps_per_epoch())
-    parts = TrainingParts(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
-    return Trainer(cfg=cfg, parts=parts, net=model, train_loader=loader, val_loader=val_loader,
-                   device=torch.device("cpu"), run=None, state=TrainState(), weights_meta={})
+    parts = TrainingParts(model, {"model": optimizer}, {"model": scheduler}, torch.amp.GradScaler("cpu", enabled=False))
+    return Trainer(cfg=cfg, task=task, parts=parts, net=model, train_loader=loader, val_loader=val_loader,
+                   device=torch.device("cpu"), run=None, state=TrainState(sums=task.new_sums()), weights_meta={})
 
 
 def trainer_epoch(trainer: Trainer) -> None:
@@ -88,7 +90,7 @@ def trainer_epoch(trainer: Trainer) -> None:
 def plain_epoch(cfg, model, optimizer, scheduler, loader) -> None:
     """The loop a user writes by hand (torchvision reference style), with the hardware features
     the template's defaults use here (bf16 autocast, channels_last)."""
-    cfg = resolve_auto(cfg, torch.device("cpu"), model)
+    cfg = resolve_auto(cfg, torch.device("cpu"), model, Classify())
     loader.batch_sampler.set_epoch(1)
     model.train()
     dtype = AMP_DTYPES[cfg.amp]

@@ -40,6 +40,7 @@ def say(line: str) -> None:
 def template_epoch(n: int):
     """One epoch of the template's Trainer on its defaults for Fashion-MNIST (first n images), as a
     callable, and the number of images it trains on."""
+    from tasks.classify import Classify
     from train import Trainer
     from train.build import build_model, build_optimizer, build_scheduler, resolve_auto
     from train.checkpoint import TrainingParts, TrainState
@@ -51,16 +52,18 @@ def template_epoch(n: int):
     data = build_data(cfg)
     data.train.positions = data.train.positions[:n]
     model = build_model(cfg, data.info)
-    cfg = resolve_auto(cfg, torch.device("cpu"), model)
+    task = Classify()
+    cfg = resolve_auto(cfg, torch.device("cpu"), model, task)
     if cfg.channels_last == "true":
         model.to(memory_format=torch.channels_last)
     data.train.augment = Augment(cfg.seed, cfg.augment, num_classes=10)
     sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed)
     opt = build_optimizer(cfg, model)
-    parts = TrainingParts(model, opt, build_scheduler(cfg, opt, sampler.steps_per_epoch()), torch.amp.GradScaler("cpu", enabled=False))
-    trainer = Trainer(cfg=cfg, parts=parts, net=model, train_loader=make_loader(data.train, sampler, 0, False),
+    parts = TrainingParts(model, {"model": opt}, {"model": build_scheduler(cfg, opt, sampler.steps_per_epoch())},
+                          torch.amp.GradScaler("cpu", enabled=False))
+    trainer = Trainer(cfg=cfg, task=task, parts=parts, net=model, train_loader=make_loader(data.train, sampler, 0, False),
                       val_loader=make_loader(data.val, EvalBatchSampler(len(data.val), BATCH), 0, False),
-                      device=torch.device("cpu"), run=None, state=TrainState(), weights_meta={})
+                      device=torch.device("cpu"), run=None, state=TrainState(sums=task.new_sums()), weights_meta={})
     def epoch() -> None:
         trainer.state.epoch, trainer.state.step = trainer.state.epoch + 1, 0
         trainer.train_epoch()

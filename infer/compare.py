@@ -220,14 +220,19 @@ def plot_compare(result: Comparison, names: list, history: dict, path: Path) -> 
     save_figure(fig, path, dpi=90)
 
 
-def compare_main(cfg: Config, runs: list[str], input_path: Optional[str]) -> int:
-    """inference.py --compare A [B]: print the report, write .md, .json and .png under B's inference/."""
+def select_pair(cfg: Config, runs: list[str]) -> tuple[dict, dict]:
+    """The two finished runs of inference.py --compare A [B] (B: the run `resume` selects)."""
     if len(runs) > 2:
         raise UsageError(f"--compare takes one or two run ids, got {len(runs)}")
-    device = resolve_device(cfg.inference_device, "inference_device")
     run_a = find_run(runs[0], "--compare", is_finished, "that finished",
                      lambda r: None if is_finished(r) else f"has no final weights (status {r.get('status')}); pick a finished run")
     run_b = select_run(runs[1] if len(runs) > 1 else cfg.resume, "--compare" if len(runs) > 1 else "resume")
+    return run_a, run_b
+
+
+def compare_main(cfg: Config, run_a: dict, run_b: dict, input_path: Optional[str]) -> int:
+    """inference.py --compare A [B] for classifiers: print the report, write .md, .json and .png under B's inference/."""
+    device = resolve_device(cfg.inference_device, "inference_device")
     a, b = load_run(run_a, device, cfg.weights), load_run(run_b, device, cfg.weights)
     result = compare(a, b, input_path, device)
     md = to_markdown(result.report)

@@ -56,10 +56,10 @@ class LoadedRun:
         return (self.run.get("best") or {}).get("metrics", {}) if self.weights == "best" else self.run.get("metrics") or {}
 
 
-def load_run(run: dict, device: torch.device, weights: str = "final") -> LoadedRun:
+def load_run(run: dict, device: torch.device, weights: str = "final", build=build_model) -> LoadedRun:
     """Rebuild a run's model from its folder alone (config.yaml and model.safetensors, or
     best.safetensors for weights='best', checked against run.json's size and sha256), in eval
-    mode on `device`."""
+    mode on `device`. `build(cfg, info)` makes the model (a task's build_model; a classifier's by default)."""
     folder = EXPERIMENTS / run["id"]
     file, recorded = "model.safetensors", run.get("weights")
     if weights == "best":
@@ -71,7 +71,7 @@ def load_run(run: dict, device: torch.device, weights: str = "final") -> LoadedR
     except UsageError as e:
         raise RunFailure(f"run {run['id']}: its config.yaml is unusable ({e})") from None
     info = info_from_run(run)
-    model = build_model(dataclasses.replace(cfg, pretrained=False), info)  # weights come from the run
+    model = build(dataclasses.replace(cfg, pretrained=False), info)  # weights come from the run
     load_weights(model, folder / file, recorded or {"sha256": "", "size": -1})
     return LoadedRun(run, cfg, info, model.to(device).eval(), folder, weights)
 

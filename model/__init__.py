@@ -1,8 +1,11 @@
 """model_dict: the one registry. Adding a model is one class and one line here.
 
-Every class takes (in_channels, num_classes, image_size, dropout, pretrained) and returns
-logits of shape (B, num_classes).
+A classifier (task classify) takes (in_channels, num_classes, image_size, dropout, pretrained) and
+returns logits of shape (B, num_classes). The GAN's generator takes (latent_dim, out_channels,
+image_size) and its critic (in_channels, image_size): each task builds its models with its own
+arguments (tasks/).
 """
+from model.dcgan import DCGANCritic, DCGANGenerator
 from model.mlp import MLP
 from model.resnet import ResNet18, ResNet50
 from model.small_cnn import SmallCNN
@@ -14,4 +17,6 @@ model_dict = {
     "resnet50": ResNet50,
     "mlp": MLP,
     "small_cnn_v1": SmallCNNv1,
+    "dcgan_generator": DCGANGenerator,
+    "dcgan_critic": DCGANCritic,
 }

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE = ("config", "model", "train", "infer", "utils", "train.py", "inference.py")
+CODE = ("config", "model", "train", "infer", "tasks", "utils", "train.py", "inference.py")
 
 
 class Project:

@@ -76,3 +76,17 @@ def test_compile_smoke(project):
     info = project.info(run_id)
     assert info["status"] == "finished"
     assert not any(k.startswith("_orig_mod.") for k in weights(project, run_id))
+
+
+def test_gan_trains_and_continues_under_two_processes(project):
+    """task=wgan_gp under DDP: each of the generator and the critic wrapped on its own; the penalty's
+    double backward goes through the critic's DDP; the run continues under torchrun."""
+    r = torchrun(project, 2, "device=cpu", "task=wgan_gp", "epochs=1", "lr=1e-3")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (run_id,) = project.run_ids()
+    info = project.info(run_id)
+    assert info["status"] == "finished" and info["world_size"] == 2 and info["task"] == "wgan_gp"
+    assert not any(k.startswith(("module.", "_orig_mod.")) or ".module." in k for k in weights(project, run_id))
+    r = torchrun(project, 2, f"resume={run_id}", "epochs=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert project.info(project.run_ids()[-1])["epochs_done"] == 2

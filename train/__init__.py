@@ -1,3 +1,3 @@
-from train.trainer import Trainer, evaluate
+from train.trainer import Trainer, evaluate, to_device
 
-__all__ = ["Trainer", "evaluate"]
+__all__ = ["Trainer", "evaluate", "to_device"]

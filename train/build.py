@@ -16,7 +16,6 @@ from torch import nn
 
 from model import model_dict
 from train.device import native_bf16
-from utils.augment import AUTO_POLICY
 from utils.config import Config
 from utils.dataloader import DataInfo
 from utils.errors import RunFailure, UsageError
@@ -32,38 +31,50 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
                    image_size=info.image_size, dropout=cfg.dropout, pretrained=cfg.pretrained)
     except ValueError as e:
         raise UsageError(f"base_model: {e}") from None
+    except TypeError:
+        raise UsageError(f"base_model: {cfg.base_model} is not a classifier (it is a part of another task's model); "
+                         f"choose a classifier such as small_cnn, or set task") from None
     except OSError as e:
         raise RunFailure(str(e)) from None
 
 
-def resolve_auto(cfg: Config, device: torch.device, model: nn.Module) -> Config:
+def resolve_auto(cfg: Config, device: torch.device, model: nn.Module, task) -> Config:
     """The config with every `auto` replaced by what it means here, as config.yaml records it (so a
     continuation repeats the same experiment): amp bf16 where the device runs it natively, else
-    none; channels_last for convolutional models; the augmentation that suits the data set."""
+    none; channels_last for convolutional models; the monitor and the rest as the task says."""
     amp = ("bf16" if native_bf16(device) else "none") if cfg.amp == "auto" else cfg.amp
     convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
     channels_last = ("true" if convolutional and device.type in ("cpu", "cuda") else "false") \
         if cfg.channels_last == "auto" else cfg.channels_last
-    augment = AUTO_POLICY[cfg.dataset] if cfg.augment == "auto" else cfg.augment
-    return dataclasses.replace(cfg, amp=amp, channels_last=channels_last, augment=augment)
+    monitor = task.default_monitor(cfg) if cfg.monitor == "auto" else cfg.monitor
+    if monitor not in task.modes:
+        raise UsageError(f"monitor: '{monitor}' is not a validation metric of task {cfg.task}; use auto or one of "
+                         f"{' | '.join(task.modes)}")
+    resolved = {"amp": amp, "channels_last": channels_last, "monitor": monitor} | task.resolve(cfg)
+    return dataclasses.replace(cfg, **resolved)
 
 
-def model_source_hash(name: str) -> str:
-    """sha256 of the source of the module that defines the model class."""
-    module = sys.modules[model_dict[name].__module__]
-    return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()
+def model_source_hash(*names: str) -> str:
+    """sha256 of the source of the module that defines the model class (of each, in order, for several)."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update(inspect.getsource(sys.modules[model_dict[name].__module__]).encode())
+    return h.hexdigest()
 
 
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """sgd, adam or adamw; no weight decay on biases and normalisation weights."""
+def build_optimizer(cfg: Config, model: nn.Module, lr: Optional[float] = None,
+                    betas: tuple = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """sgd, adam or adamw over `model`'s parameters at `lr` (default cfg.lr); no weight decay on
+    biases and normalisation weights."""
+    lr = cfg.lr if lr is None else lr
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:

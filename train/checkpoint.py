@@ -24,16 +24,30 @@ from utils.runstore import STATE_FILE, atomic_write, sha256_file
 
 @dataclass
 class TrainingParts:
-    """The objects whose state_dicts state.pt holds; main builds them, the Trainer steps them."""
+    """The objects whose state_dicts state.pt holds; main builds them (through the task), the Trainer
+    and the task step them. A task with several optimizers (a GAN: generator and critic) names each."""
     model: nn.Module                      # unwrapped (not DDP, not compiled): what is saved
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    optimizers: dict                      # name -> torch.optim.Optimizer ("model" for a single one)
+    schedulers: dict                      # name -> LRScheduler, stepped with its optimizer
     scaler: torch.amp.GradScaler
     ema: Optional[nn.Module] = None       # the moving average of the model (ema_decay > 0)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The first optimizer: its lr is the one metrics.csv reports."""
+        return next(iter(self.optimizers.values()))
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        return next(iter(self.schedulers.values()))
 
     def eval_model(self) -> nn.Module:
         """The weights that are evaluated and saved as final: the EMA when there is one."""
         return self.ema if self.ema is not None else self.model
+
+
+def zero() -> torch.Tensor:
+    return torch.zeros(())
 
 
 @dataclass
@@ -42,22 +56,21 @@ class TrainState:
     epoch: int = 0                        # the epoch in progress, 0-based
     step: int = 0                         # optimizer steps done in that epoch
     global_step: int = 0                  # optimizer steps done in the whole lineage
-    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))   # sum of per-sample training losses
-    correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
-    grad_norm_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # of the norms before clipping
+    # The task's running sums of the epoch (0-d tensors; "loss_sum", the sum of per-sample training
+    # losses, is what the NaN check reads). Classification: loss_sum, correct, grad_norm_sum.
+    sums: dict = field(default_factory=lambda: {"loss_sum": zero()})
     count: int = 0                        # training samples seen in the epoch (this process)
     seconds: float = 0.0                  # training time of the epoch so far
     history: list = field(default_factory=list)  # one metrics row per finished epoch, lineage included
 
     def to(self, device: torch.device) -> "TrainState":
         """The running sums on `device`, where the loop adds to them without a host sync."""
-        return dataclasses.replace(self, loss_sum=self.loss_sum.to(device), correct=self.correct.to(device),
-                                   grad_norm_sum=self.grad_norm_sum.to(device))
+        return dataclasses.replace(self, sums={k: v.to(device) for k, v in self.sums.items()})
 
     def next_epoch(self) -> None:
         """Move to the start of the next epoch with empty sums."""
         self.epoch, self.step = self.epoch + 1, 0
-        for t in (self.loss_sum, self.correct, self.grad_norm_sum):
+        for t in self.sums.values():
             t.zero_()
         self.count, self.seconds = 0, 0.0
 
@@ -67,17 +80,24 @@ def state_dict(state: TrainState, parts: TrainingParts) -> dict:
     """The dict state.pt holds. Under DDP every process must call it: it gathers their RNG states."""
     return {
         "model": parts.model.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict(),
+        **optimizer_states(parts),
         "scaler": parts.scaler.state_dict(),
         **({"ema": parts.ema.state_dict()} if parts.ema is not None else {}),
         "epoch": state.epoch, "step": state.step, "global_step": state.global_step,
-        "sums": {"loss_sum": state.loss_sum.detach().cpu(), "correct": state.correct.cpu(), "count": state.count,
-                 "seconds": state.seconds, "grad_norm_sum": state.grad_norm_sum.detach().cpu()},
+        "sums": {**{k: v.detach().cpu() for k, v in state.sums.items()}, "count": state.count, "seconds": state.seconds},
         "history": state.history,
         "world_size": dist.world_size(),
         "rng": dist.gather_objects(capture_rng()),  # one entry per process
     }
+
+
+def optimizer_states(parts: TrainingParts) -> dict:
+    """One optimizer (a classifier): the keys "optimizer" and "scheduler", as state.pt always had;
+    several (a GAN): "optimizers" and "schedulers", each a dict by name."""
+    if list(parts.optimizers) == ["model"]:
+        return {"optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict()}
+    return {"optimizers": {k: o.state_dict() for k, o in parts.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in parts.schedulers.items()}}
 
 
 def write_state(folder: Path, checkpoint: dict) -> None:
@@ -117,8 +137,11 @@ def load_state_dict(checkpoint: dict, parts: TrainingParts) -> tuple[TrainState,
     """Put a state.pt's contents back into the objects and the RNGs; returns where the run
     continues, and warnings for what may keep it from being exact."""
     parts.model.load_state_dict(checkpoint["model"])
-    parts.optimizer.load_state_dict(checkpoint["optimizer"])  # moves the state beside the parameters
-    parts.scheduler.load_state_dict(checkpoint["scheduler"])
+    optimizers = checkpoint.get("optimizers", {"model": checkpoint.get("optimizer")})
+    schedulers = checkpoint.get("schedulers", {"model": checkpoint.get("scheduler")})
+    for name, optimizer in parts.optimizers.items():
+        optimizer.load_state_dict(optimizers[name])  # moves the state beside the parameters
+        parts.schedulers[name].load_state_dict(schedulers[name])
     parts.scaler.load_state_dict(checkpoint["scaler"])
     if parts.ema is not None and "ema" in checkpoint:
         parts.ema.load_state_dict(checkpoint["ema"])
@@ -128,11 +151,10 @@ def load_state_dict(checkpoint: dict, parts: TrainingParts) -> tuple[TrainState,
         notes.append(f"warning: the parent ran on {len(rngs)} process(es), this run on {dist.world_size()}; "
                      "exact continuation needs the same number")
     restore_rng(rngs[dist.rank() % len(rngs)])
-    sums = checkpoint["sums"]
+    sums = dict(checkpoint["sums"])
+    count, seconds = sums.pop("count"), sums.pop("seconds")
     state = TrainState(epoch=checkpoint["epoch"], step=checkpoint["step"], global_step=checkpoint["global_step"],
-                       loss_sum=sums["loss_sum"], correct=sums["correct"], count=sums["count"],
-                       seconds=sums["seconds"], history=checkpoint["history"],
-                       grad_norm_sum=sums.get("grad_norm_sum", torch.zeros(())))  # absent in older files
+                       sums=sums, count=count, seconds=seconds, history=checkpoint["history"])
     return state, notes
 
 

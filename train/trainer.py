@@ -12,13 +12,12 @@ from torch import nn
 from tqdm import tqdm
 
 from train import checkpoint
-from train.build import ema_update
 from train.checkpoint import TrainingParts, TrainState
 from train.device import AMP_DTYPES
 from utils import dist
 from utils.config import Config
 from utils.errors import Interrupted, RunFailure, fault_point
-from utils.runstore import BEST_FILE, EPOCH_METRICS, RunFolder
+from utils.runstore import BEST_FILE, RunFolder
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -53,22 +52,25 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional
             "pred": cat(preds), "confidence": cat(confs), "target": cat(targets)}
 
 
-def best_epoch(history: list[dict], monitor: str) -> int:
-    """The epoch number of the best row: highest val_acc or lowest val_loss, the earliest on ties."""
-    sign = -1 if monitor == "val_loss" else 1
+def best_epoch(history: list[dict], monitor: str, mode: str = "max") -> int:
+    """The epoch number of the best row (highest `monitor` for mode max, lowest for min), the earliest on ties."""
+    sign = -1 if mode == "min" else 1
     return max(history, key=lambda r: (sign * r[monitor], -r["epoch"]))["epoch"]
 
 
 class Trainer:
     """Runs epochs [state.epoch, cfg.epochs) of one run: train, validate, save, log.
 
-    Everything it uses is built by train.py and passed in. The position and running sums live
-    in `self.state` (a TrainState), so that a save at any step boundary continues exactly.
+    Everything it uses is built by train.py and passed in. What is specific to the task (the
+    step, its running sums, the validation metrics) is the task's (tasks/); the Trainer keeps
+    the rest the same for every task: the epochs, accumulation, saving, resuming, signals, NaNs.
+    The position and running sums live in `self.state` (a TrainState), so that a save at any
+    step boundary continues exactly.
     """
 
-    def __init__(self, *, cfg: Config, parts: TrainingParts, net: nn.Module, train_loader, val_loader,
+    def __init__(self, *, cfg: Config, task, parts: TrainingParts, net: nn.Module, train_loader, val_loader,
                  device: torch.device, run: Optional[RunFolder], state: TrainState, weights_meta: dict, tb=None):
-        self.cfg, self.parts, self.device, self.run = cfg, parts, device, run
+        self.cfg, self.task, self.parts, self.device, self.run = cfg, task, parts, device, run
         self.net = net  # parts.model, wrapped by DDP and/or torch.compile: what the loop calls
         self.train_loader, self.val_loader = train_loader, val_loader
         self.sampler = train_loader.batch_sampler
@@ -83,6 +85,11 @@ class Trainer:
     def history(self) -> list[dict]:
         return self.state.history
 
+    @property
+    def mode(self) -> str:
+        """Which way `monitor` is better: max or min."""
+        return self.task.modes[self.cfg.monitor]
+
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
         """Train to cfg.epochs, or until early stopping; returns the last epoch's metrics row."""
@@ -90,13 +97,13 @@ class Trainer:
             while self.state.epoch < self.cfg.epochs:
                 train = self.train_epoch()  # adds its time to state.seconds
                 t0 = time.perf_counter()
-                val = self.validate()
+                val = self.task.validate(self)
                 row = {"epoch": self.state.epoch + 1, **train, **val,
                        "lr": self.parts.optimizer.param_groups[0]["lr"],
                        "seconds": round(self.state.seconds + time.perf_counter() - t0, 3)}
                 self.state.history.append(row)
                 self.state.next_epoch()
-                if best_epoch(self.state.history, self.cfg.monitor) == row["epoch"]:
+                if best_epoch(self.state.history, self.cfg.monitor, self.mode) == row["epoch"]:
                     self.save_best(row)
                 self.save_state()
                 self._report(row)
@@ -105,7 +112,7 @@ class Trainer:
         return self.state.history[-1]
 
     def train_epoch(self) -> dict:
-        """The rest of epoch state.epoch from step state.step; returns its train loss and accuracy."""
+        """The rest of epoch state.epoch from step state.step; returns the task's training metrics."""
         s, accum = self.state, self.cfg.grad_accum_steps
         self.sampler.set_epoch(s.epoch, s.step)
         self.net.train()
@@ -113,10 +120,12 @@ class Trainer:
         bar = self._progress_bar()
         for i, (x, y) in enumerate(self.train_loader):
             last = (i + 1) % accum == 0  # this micro-batch completes an optimizer step
-            self.forward_backward(x, y, accum, sync=last)
+            self.task.forward_backward(self, x, y, accum, sync=last)
             if not last:
                 continue
-            self.optimizer_step()
+            self.task.optimizer_step(self)
+            s.step += 1
+            s.global_step += 1
             bar.update()
             if s.step % 10 == 0:  # a NaN is caught within 10 steps, at one host sync per 10
                 loss_so_far = self._check_finite()
@@ -134,53 +143,7 @@ class Trainer:
         s.seconds += time.perf_counter() - t0
         self._check_finite()
         count = int(dist.all_reduce_sum(torch.tensor(s.count, device=self.device)))
-        loss_sum, correct = (dist.all_reduce_sum(t.clone()) for t in (s.loss_sum, s.correct))
-        row = {"train_loss": float(loss_sum) / max(1, count), "train_acc": int(correct) / max(1, count)}
-        if self.cfg.grad_clip:  # the mean norm before clipping; every process has the same gradients
-            row["grad_norm"] = float(s.grad_norm_sum) / max(1, self.sampler.steps_per_epoch())
-        return row
-
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, accum: int, sync: bool) -> None:
-        """One micro-batch: forward, loss, backward (gradients summed over `accum` micro-batches).
-        y is (B,) class indices, or (B, classes) probabilities when mixup or cutmix mixed the batch."""
-        x = to_device(x, self.device, self.channels_last)
-        y = y.to(self.device, non_blocking=True)
-        # DDP: all-reduce the gradients only on the micro-batch that completes the step.
-        no_sync = not sync and hasattr(self.net, "no_sync")
-        with self.net.no_sync() if no_sync else contextlib.nullcontext():
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                logits = self.net(x)  # (B, classes)
-                loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
-            self.parts.scaler.scale(loss / accum if accum > 1 else loss).backward()
-        s = self.state
-        s.loss_sum += loss.detach().float() * len(y)  # no .item(): no host sync per step
-        s.correct += (logits.detach().argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()
-        s.count += len(y)
-
-    def optimizer_step(self) -> None:
-        """Clip (if on), step the optimizer, the schedule and the EMA, clear the gradients."""
-        p = self.parts
-        if self.cfg.grad_clip:
-            p.scaler.unscale_(p.optimizer)  # clip the true gradients, not the fp16-scaled ones
-            norm = torch.nn.utils.clip_grad_norm_(p.model.parameters(), self.cfg.grad_clip)
-            self.state.grad_norm_sum += norm.detach().float()
-        p.scaler.step(p.optimizer)
-        p.scaler.update()
-        p.optimizer.zero_grad(set_to_none=True)
-        p.scheduler.step()
-        self.state.step += 1
-        self.state.global_step += 1
-        if p.ema is not None:  # the decay warms up (as timm's), so early epochs' EMA is not mostly the initial weights
-            g = self.state.global_step
-            ema_update(p.ema, p.model, min(self.cfg.ema_decay, (1 + g) / (10 + g)))
-
-    def validate(self) -> dict:
-        """Validation loss and accuracy of the EMA weights when on, else of the model."""
-        model = self.parts.ema if self.parts.ema is not None else self.net
-        out = evaluate(model, self.val_loader, self.device, self.amp_dtype, self.channels_last)
-        correct = (out["pred"] == out["target"]).sum().to(self.device)
-        loss_sum, count, correct = (dist.all_reduce_sum(t) for t in (out["loss_sum"], out["count"], correct))
-        return {"val_loss": float(loss_sum) / max(1, int(count)), "val_acc": int(correct) / max(1, int(count))}
+        return self.task.train_row(self, count)
 
     # ------------------------------------------------------------ saving and reporting
     def save_state(self) -> None:
@@ -194,20 +157,20 @@ class Trainer:
         last = self.state.history[-1] if self.state.history else {}
         self.run.write_info(epochs_done=self.state.epoch, steps_done=self.state.global_step,
                             state={"epoch": self.state.epoch, "step": self.state.step},
-                            metrics={k: last[k] for k in EPOCH_METRICS if k in last})
+                            metrics={k: last[k] for k in self.task.metrics if k in last})
 
     def save_best(self, row: dict) -> None:
         """best.safetensors: the evaluated weights of the best epoch so far (rank 0 writes)."""
         if self.run is None:
             return
         weights = checkpoint.write_weights(self.run.folder / BEST_FILE, self.parts.eval_model(), self.weights_meta)
-        self.run.write_info(best={"epoch": row["epoch"], "monitor": self.cfg.monitor,
-                                  "metrics": {k: row[k] for k in EPOCH_METRICS}, "weights": weights})
+        self.run.write_info(best={"epoch": row["epoch"], "monitor": self.cfg.monitor, "mode": self.mode,
+                                  "metrics": {k: row[k] for k in self.task.metrics if k in row}, "weights": weights})
 
     def _stop_early(self) -> bool:
         """Whether `monitor` has not improved for early_stop_patience epochs; records why in run.json."""
         patience, history = self.cfg.early_stop_patience, self.state.history
-        best = best_epoch(history, self.cfg.monitor)
+        best = best_epoch(history, self.cfg.monitor, self.mode)
         if not patience or history[-1]["epoch"] - best < patience:
             return False
         value = next(r for r in history if r["epoch"] == best)[self.cfg.monitor]
@@ -219,16 +182,14 @@ class Trainer:
 
     def _report(self, row: dict) -> None:
         """The epoch's line in train.log, and its scalars in TensorBoard."""
+        scalars = {k: v for k, v in row.items() if k not in ("epoch", "seconds")}
         if self.tb is not None:
-            for key in (*EPOCH_METRICS, "lr", "grad_norm"):
-                if key in row:
-                    self.tb.add_scalar(key, row[key], row["epoch"])
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, row["epoch"])
             self.tb.flush()
         if self.run is not None:
-            self.run.log(f"epoch {row['epoch']}/{self.cfg.epochs}  train_loss {row['train_loss']:.4f}  "
-                         f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
-                         f"lr {row['lr']:.2e}" + (f"  grad_norm {row['grad_norm']:.3f}" if "grad_norm" in row else "") +
-                         f"  {row['seconds']:.1f}s")
+            shown = [f"{k} {v:.2e}" if k == "lr" else f"{k} {v:.4f}" for k, v in scalars.items() if not k.startswith("train_acc")]
+            self.run.log(f"epoch {row['epoch']}/{self.cfg.epochs}  " + "  ".join(shown) + f"  {row['seconds']:.1f}s")
 
     def _progress_bar(self) -> tqdm:
         """A bar on a terminal only (never in logs), drawn by rank 0."""
@@ -239,7 +200,7 @@ class Trainer:
     # ------------------------------------------------------------ stopping
     def _check_finite(self) -> float:
         """The epoch's loss sum so far; a NaN or infinity stops the run (marked failed)."""
-        loss_sum = float(self.state.loss_sum)
+        loss_sum = float(self.state.sums["loss_sum"])
         if not math.isfinite(loss_sum):
             raise RunFailure(f"the training loss became {loss_sum} in epoch {self.state.epoch + 1} near step "
                              f"{self.state.step}; lower lr (now {self.cfg.lr}) or check the data. The run is marked failed")

@@ -60,7 +60,8 @@ class Config:
     warmup_epochs: float = _key(1.0, "linear learning-rate warmup, then the schedule")
     grad_clip: float = _key(0.0, "clip the gradient norm to this (0: off); the norm before clipping goes to metrics.csv")
     ema_decay: float = _key(0.0, "EMA of the weights (e.g. 0.999; 0: off); evaluated and saved as the final weights when on")
-    monitor: str = _key("val_acc", "val_acc | val_loss: picks the best epoch, whose weights are kept as best.safetensors")
+    monitor: str = _key("auto", "the validation metric that picks the best epoch (best.safetensors): auto (the task's: val_acc; "
+                        "a GAN: val_fd, else val_wdist) | val_acc | val_loss | val_fd | val_wdist")
     early_stop_patience: int = _key(0, "end the run when `monitor` has not improved for this many epochs (0: off)")
     weights: str = _key("final", "inference.py and --compare: final | best (the best epoch's weights)")
     amp: str = _key("auto", "mixed precision: auto | none | bf16 | fp16 (auto: bf16 where the device runs it natively)")
@@ -76,7 +77,18 @@ class Config:
     name: Optional[str] = _key(None, "a short label for the run (letters, digits . _ + -); name:<name> picks the newest run with it")
     tags: list[str] = field(default_factory=list, metadata={"help": "labels to filter runs by: [baseline, sweep1] or tags=a,b"})
     notes: Optional[str] = _key(None, "free text kept with the run (more can be added later: train.py --note ID TEXT)")
-    base_model: str = _key("small_cnn", "a key of model_dict")
+    task: str = _key("classify", "classify | wgan_gp (a generator and a critic trained with the gradient penalty; tasks/)")
+    generator: str = _key("dcgan_generator", "wgan_gp: the generator, a key of model_dict")
+    critic: str = _key("dcgan_critic", "wgan_gp: the critic, a key of model_dict")
+    latent_dim: int = _key(64, "wgan_gp: size of the generator's latent code")
+    n_critic: int = _key(5, "wgan_gp: critic steps per generator step (each critic step takes one batch)")
+    gp_weight: float = _key(10.0, "wgan_gp: weight of the gradient penalty")
+    critic_lr: Optional[float] = _key(None, "wgan_gp: the critic's peak learning rate (null: lr)")
+    fid_features: Optional[str] = _key(None, "wgan_gp: a classifier run (id | latest | name:<name>) on the same data whose "
+                                       "features give the Frechet distance, each epoch and in inference.py")
+    fid_samples: int = _key(1000, "wgan_gp: generated samples for the Frechet distance and the class histogram")
+    sample_seed: int = _key(0, "wgan_gp: seed of the latent codes of samples.png and of the generated samples measured")
+    base_model: str = _key("small_cnn", "a key of model_dict (task classify)")
 
 
 KEYS = [f.name for f in dataclasses.fields(Config)]
@@ -98,7 +110,8 @@ CHOICES = {
     "augment": ("auto", "none", "translate", "crop_flip", "trivialaugment"),
     "amp": ("auto", "none", "bf16", "fp16"),
     "channels_last": ("auto", "true", "false"),
-    "monitor": ("val_acc", "val_loss"),
+    "monitor": ("auto", "val_acc", "val_loss", "val_fd", "val_wdist"),
+    "task": ("classify", "wgan_gp"),
     "weights": ("final", "best"),
 }
 # Keys that were booleans in older run folders' config.yaml, and what each boolean means now.
@@ -247,19 +260,22 @@ def validate(cfg: Config) -> list[str]:
         value = getattr(cfg, key)
         if value not in choices:
             p.append(f"{key}: '{value}' is not one of {' | '.join(choices)}{suggest(value, list(choices))}")
-    if cfg.base_model not in model_dict:
-        p.append(f"base_model: '{cfg.base_model}' is not in model_dict{suggest(cfg.base_model, list(model_dict))};"
-                 f" choose one of {', '.join(model_dict)}")
+    for key in ("base_model", "generator", "critic"):
+        name = getattr(cfg, key)
+        if name not in model_dict:
+            p.append(f"{key}: '{name}' is not in model_dict{suggest(name, list(model_dict))}; choose one of {', '.join(model_dict)}")
     for key in ("device", "inference_device"):
         if not DEVICE_RE.match(getattr(cfg, key)):
             p.append(f"{key}: '{getattr(cfg, key)}' is not auto | cpu | cuda | cuda:N | mps")
-    positive = ("epochs", "batch_size", "step_size", "grad_accum_steps", "fake_size")
+    positive = ("epochs", "batch_size", "step_size", "grad_accum_steps", "fake_size", "latent_dim", "n_critic", "fid_samples")
     p += [f"{k}: must be at least 1, got {getattr(cfg, k)}" for k in positive if getattr(cfg, k) < 1]
     non_negative = ("seed", "split_seed", "num_workers", "checkpoint_every_steps", "weight_decay", "cache_mb", "random_erasing",
-                    "mixup_alpha", "cutmix_alpha", "warmup_epochs", "grad_clip", "early_stop_patience")
+                    "mixup_alpha", "cutmix_alpha", "warmup_epochs", "grad_clip", "early_stop_patience", "gp_weight", "sample_seed")
     p += [f"{k}: must be 0 or more, got {getattr(cfg, k)}" for k in non_negative if getattr(cfg, k) < 0]
     if not cfg.lr > 0:
         p.append(f"lr: must be greater than 0, got {cfg.lr}")
+    if cfg.critic_lr is not None and not cfg.critic_lr > 0:
+        p.append(f"critic_lr: must be greater than 0 or null, got {cfg.critic_lr}")
     for key, lo, hi in (("val_fraction", 0.0, 1.0), ("dropout", -1e-9, 1.0), ("momentum", -1e-9, 1.0),
                         ("label_smoothing", -1e-9, 1.0), ("ema_decay", -1e-9, 1.0)):
         if not lo < getattr(cfg, key) < hi:

@@ -19,10 +19,12 @@ SORT_KEYS = (*EPOCH_METRICS, "best", "id", "name", "status", "model", "epochs", 
 def list_command(words: list[str], sort: Optional[str] = None, as_json: bool = False) -> int:
     """python train.py --list [KEY=VALUE ...] [--sort KEY] [--json]: print the runs that match."""
     filters = parse_filters(words)
-    if sort is not None and sort not in SORT_KEYS and sort not in DEFAULTS:
-        raise UsageError(f"--sort: '{sort}' is not a column{suggest(sort, [*SORT_KEYS, *KEYS])}; "
-                         f"use one of {', '.join(SORT_KEYS)} or a config key")
-    runs = [r for r in list_runs() if matches(r, filters)]
+    runs = list_runs()
+    metrics = sorted({k for r in runs for k in (r.get("metrics") or {})} - set(SORT_KEYS))  # other tasks' metrics
+    if sort is not None and sort not in SORT_KEYS and sort not in DEFAULTS and sort not in metrics:
+        raise UsageError(f"--sort: '{sort}' is not a column{suggest(sort, [*SORT_KEYS, *metrics, *KEYS])}; "
+                         f"use one of {', '.join([*SORT_KEYS, *metrics])} or a config key")
+    runs = [r for r in runs if matches(r, filters)]
     if sort is not None:
         runs = sort_runs(runs, sort)
     print(json.dumps([summary(r) for r in runs], indent=1) if as_json else format_table(runs))
@@ -77,14 +79,22 @@ def headline(run: dict) -> str:
     return (run.get("config") or {}).get("monitor", "val_acc")
 
 
+def lower_is_better(run: dict, metric: str) -> bool:
+    """From the run's record of its monitor (run.json's best.mode), else by the metric's name."""
+    best = run.get("best") or {}
+    if best.get("monitor") == metric and best.get("mode"):
+        return best["mode"] == "min"
+    return metric in LOWER_IS_BETTER or metric.endswith(("_loss", "_fd", "_wdist"))
+
+
 def sort_value(run: dict, key: str) -> Any:
     """The value --sort orders by; metrics so that the best run comes last, next to the prompt."""
-    if key in EPOCH_METRICS or key == "best":
+    if key == "best" or key in (run.get("metrics") or {}) or key in EPOCH_METRICS:
         metric = headline(run) if key == "best" else key
         value = ((run.get("best") or {}).get("metrics") or {} if key == "best" else run.get("metrics") or {}).get(metric)
         if value is None:
             return None
-        return -value if metric in LOWER_IS_BETTER else value
+        return -value if lower_is_better(run, metric) else value
     if key == "duration":
         return duration_seconds(run)
     if key == "epochs":

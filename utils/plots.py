@@ -18,20 +18,23 @@ def save_figure(fig, path: Path, dpi: int = 100) -> None:
 
 
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
-    """Loss (train and validation) and accuracy per epoch, lineage included."""
+    """Per epoch, lineage included: the losses (every *_loss column: train and validation for a
+    classifier, critic and generator for a GAN) on the left, the other metrics on the right."""
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
+    columns = list(dict.fromkeys(k for r in rows for k in r if k not in ("epoch", "lr", "seconds", "grad_norm")))
+    panels = (("loss", [c for c in columns if c.endswith("loss")]), ("metrics", [c for c in columns if not c.endswith("loss")]))
     fig = new_figure(10, 4)
     # Fixed margins: tight_layout measures every text box, a visible cost at the end of a short run.
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.84 if title else 0.9, wspace=0.22)
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in rows], marker="o", label="train")
-        ax.plot(epochs, [r[f"val_{key}"] for r in rows], marker="o", label="validation")
-        ax.set(xlabel="epoch", ylabel=name, title=name)
+    for ax, (name, keys) in zip(fig.subplots(1, 2), panels):
+        for key in keys:
+            ax.plot(epochs, [r.get(key, float("nan")) for r in rows], marker="o", label=key)
+        ax.set(xlabel="epoch", title="accuracy" if keys == ["train_acc", "val_acc"] else name)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if keys:
+            ax.legend()
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)

@@ -1,0 +1,73 @@
+"""What inference produces for a classifier run: evaluation on its validation split and
+predictions on image files (tasks/classify.py names these for inference.py)."""
+import csv
+import io
+from pathlib import Path
+
+import torch
+
+from infer.runs import LoadedRun, amp_dtype, evaluate_split, inference_dir, per_class_accuracy
+from utils.dataloader import list_images, load_image
+from utils.errors import UsageError
+from utils.runstore import write_json, write_text
+
+
+def validate(loaded: LoadedRun, device: torch.device) -> dict:
+    """Evaluate on the run's validation split: print accuracy, loss and per-class accuracy; write
+    predictions and metrics under inference/."""
+    out = evaluate_split(loaded, device)
+    names = loaded.info.class_names
+    count = len(out["target"])
+    acc = float((out["pred"] == out["target"]).sum()) / count
+    metrics = {"run": loaded.run["id"], "device": str(device), "samples": count, "val_acc": acc,
+               "val_loss": float(out["loss_sum"]) / count,
+               "weights": loaded.weights, "recorded_val_acc": loaded.recorded_metrics().get("val_acc"),
+               "per_class_acc": dict(zip(names, per_class_accuracy(out["pred"], out["target"], len(names))))}
+    print(f"run {loaded.run['id']} ({loaded.cfg.base_model}, {loaded.weights} weights) on {device}: val_acc {acc:.4f}  "
+          f"val_loss {metrics['val_loss']:.4f}  ({count} samples; recorded at training: {metrics['recorded_val_acc']})")
+    for name, a in metrics["per_class_acc"].items():
+        print(f"  {name:>12}  {'-' if a is None else f'{a:.4f}'}")
+    rows = [(i, names[t], names[p], f"{c:.6f}", int(p == t))
+            for i, t, p, c in zip(out["ids"], out["target"].tolist(), out["pred"].tolist(), out["confidence"].tolist())]
+    out_dir = inference_dir(loaded)
+    write_text(out_dir / "val_predictions.csv", to_csv(("sample", "target", "predicted", "confidence", "correct"), rows))
+    write_json(out_dir / "val_metrics.json", metrics)
+    print(f"wrote {out_dir}/val_predictions.csv and val_metrics.json")
+    return metrics
+
+
+def predict(loaded: LoadedRun, path: Path, device: torch.device) -> None:
+    """Predict on the image file or folder `path`; print the first rows, write predictions.csv."""
+    rows = predict_files(loaded, path, device)
+    out_dir = inference_dir(loaded)
+    write_text(out_dir / "predictions.csv", to_csv(("path", "predicted", "confidence"), rows))
+    for row in rows[:20]:
+        print("  ".join(row))
+    more = f" (first 20 of {len(rows)} shown)" if len(rows) > 20 else ""
+    print(f"wrote {len(rows)} predictions to {out_dir}/predictions.csv{more}")
+
+
+def predict_files(loaded: LoadedRun, path: Path, device: torch.device, batch_size: int = 64) -> list[tuple]:
+    """(path, predicted class name, confidence) for every image at `path`."""
+    files = list_images(path)
+    rows = []
+    dtype = amp_dtype(loaded.cfg, device)
+    for i in range(0, len(files), batch_size):
+        chunk = files[i:i + batch_size]
+        try:
+            x = torch.stack([load_image(f, loaded.info) for f in chunk]).to(device)
+        except OSError as e:
+            raise UsageError(f"--input: cannot read an image in {path} ({e}); remove or fix the file") from None
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            probs = loaded.model(x).float().softmax(1)
+        conf, pred = probs.max(1)
+        rows += [(str(f), loaded.info.class_names[p], f"{c:.6f}") for f, p, c in zip(chunk, pred.tolist(), conf.tolist())]
+    return rows
+
+
+def to_csv(header: tuple, rows: list) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
