@@ -2,7 +2,9 @@
 
     python inference.py [KEY=VALUE ...]                  evaluate the run `resume` selects on its validation split
     python inference.py --input PATH                     predict on an image file or a folder of images
-    python inference.py --compare RUN_A [RUN_B]          A/B report on the same samples
+    python inference.py --compare RUN_A [RUN_B]          A/B report on the same samples (RUN@onnx: its ONNX export)
+    python inference.py --export onnx|pt2                export the run for services, parity checked (export/)
+    python inference.py backend=onnxruntime [--input P]  evaluate or predict with the run's export/model.onnx on CPU
     python inference.py --list                           a table of all runs
 
 torch and what needs it are imported inside the functions that use them, so that --list and
@@ -35,11 +37,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.compare:
         from infer.compare import compare_main
         return compare_main(cfg, args.compare, args.input)
-    from infer.runs import load_run, select_run
-    from train.device import resolve_device
+    if args.export:
+        from infer.export import export_main
+        return export_main(cfg, args.export)
+    from infer.onnx_backend import inference_device, with_backend
+    from infer.runs import select_run
 
-    device = resolve_device(cfg.inference_device, "inference_device")
-    loaded = load_run(select_run(cfg.resume), device, cfg.weights)
+    device = inference_device(cfg)
+    loaded = with_backend(select_run(cfg.resume), device, cfg.weights, cfg.backend)
     try:
         if args.input:
             predict(loaded, Path(args.input), device)
@@ -56,8 +61,13 @@ def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = make_parser("inference.py", "Evaluate a trained run, predict on images, or compare two runs (A/B).")
     parser.add_argument("--input", metavar="PATH", help="an image file or a folder of images to predict on "
                         "(with --compare: a labelled folder of class sub-folders)")
-    parser.add_argument("--compare", nargs="+", metavar="RUN", help="RUN_A [RUN_B]: A/B report; RUN_B defaults to the run resume selects")
+    parser.add_argument("--compare", nargs="+", metavar="RUN", help="RUN_A [RUN_B]: A/B report; RUN_B defaults to the run resume "
+                        "selects; RUN@onnx compares the run's ONNX export (served by onnxruntime), e.g. --compare ID@onnx ID")
+    parser.add_argument("--export", choices=("onnx", "pt2"), help="export the run resume selects to experiments/<id>/export/ "
+                        "(model.onnx or model.pt2, preprocess.json, parity.json, export.json), checking parity with the eager model")
     args = parse_args(parser, argv)
+    if args.export and (args.compare or args.input):
+        raise UsageError("--export takes no --compare or --input; export first, then use backend=onnxruntime")
     if args.compare:  # --compare A [B] also swallows the KEY=VALUE words after it
         args.overrides += [w for w in args.compare if "=" in w]
         args.compare = [w for w in args.compare if "=" not in w]
@@ -77,9 +87,10 @@ def validate(loaded: LoadedRun, device: torch.device) -> dict:
     acc = float((out["pred"] == out["target"]).sum()) / count
     metrics = {"run": loaded.run["id"], "device": str(device), "samples": count, "val_acc": acc,
                "val_loss": float(out["loss_sum"]) / count,
-               "weights": loaded.weights, "recorded_val_acc": loaded.recorded_metrics().get("val_acc"),
+               "weights": loaded.weights, "backend": loaded.backend, "recorded_val_acc": loaded.recorded_metrics().get("val_acc"),
                "per_class_acc": dict(zip(names, per_class_accuracy(out["pred"], out["target"], len(names))))}
-    print(f"run {loaded.run['id']} ({loaded.cfg.base_model}, {loaded.weights} weights) on {device}: val_acc {acc:.4f}  "
+    via = "" if loaded.backend == "torch" else f" via {loaded.backend}"
+    print(f"run {loaded.run['id']} ({loaded.cfg.base_model}, {loaded.weights} weights) on {device}{via}: val_acc {acc:.4f}  "
           f"val_loss {metrics['val_loss']:.4f}  ({count} samples; recorded at training: {metrics['recorded_val_acc']})")
     for name, a in metrics["per_class_acc"].items():
         print(f"  {name:>12}  {'-' if a is None else f'{a:.4f}'}")
