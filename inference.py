@@ -3,7 +3,7 @@
     python inference.py [KEY=VALUE ...]                  evaluate the run `resume` selects on its validation split
     python inference.py --input PATH                     predict on an image file or a folder of images
     python inference.py --compare RUN_A [RUN_B]          A/B report on the same samples (RUN@onnx: its ONNX export)
-    python inference.py --export onnx|pt2                export the run for services, parity checked (export/)
+    python inference.py --export onnx [pt2]              export the run for services, parity checked (export/)
     python inference.py backend=onnxruntime [--input P]  evaluate or predict with the run's export/model.onnx on CPU
     python inference.py --list                           a table of all runs
 
@@ -63,16 +63,22 @@ def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
                         "(with --compare: a labelled folder of class sub-folders)")
     parser.add_argument("--compare", nargs="+", metavar="RUN", help="RUN_A [RUN_B]: A/B report; RUN_B defaults to the run resume "
                         "selects; RUN@onnx compares the run's ONNX export (served by onnxruntime), e.g. --compare ID@onnx ID")
-    parser.add_argument("--export", choices=("onnx", "pt2"), help="export the run resume selects to experiments/<id>/export/ "
-                        "(model.onnx or model.pt2, preprocess.json, parity.json, export.json), checking parity with the eager model")
+    parser.add_argument("--export", nargs="+", metavar="FORMAT", help="onnx and/or pt2: export the run resume selects to "
+                        "experiments/<id>/export/ (model.onnx, model.pt2, preprocess.json, parity.json, export.json), "
+                        "checking parity with the eager model")
     args = parse_args(parser, argv)
-    if args.export and (args.compare or args.input):
-        raise UsageError("--export takes no --compare or --input; export first, then use backend=onnxruntime")
     if args.compare:  # --compare A [B] also swallows the KEY=VALUE words after it
         args.overrides += [w for w in args.compare if "=" in w]
         args.compare = [w for w in args.compare if "=" not in w]
         if not args.compare:
             raise UsageError("--compare needs a run id: --compare RUN_A [RUN_B]")
+    if args.export:  # so does --export
+        args.overrides += [w for w in args.export if "=" in w]
+        args.export = [w for w in args.export if "=" not in w]
+        wrong = [w for w in args.export if w not in ("onnx", "pt2")] or ([] if args.export else ["no format"])
+        if wrong or args.compare or args.input:
+            raise UsageError(f"--export takes onnx and/or pt2, and no --compare or --input (got {' '.join(wrong) or 'those'}); "
+                             "e.g. --export onnx resume=<id>")
     return args
 
 

@@ -44,12 +44,13 @@ def require_onnx() -> None:
             raise UsageError(f"--export onnx needs {name}, which is not installed; {INSTALL}") from None
 
 
-def export_main(cfg: Config, fmt: str) -> int:
-    """inference.py --export onnx|pt2: export the run `resume` selects, prove parity, install export/."""
-    if fmt == "onnx":
+def export_main(cfg: Config, formats: list[str]) -> int:
+    """inference.py --export onnx|pt2 ...: export the run `resume` selects, prove parity, install export/."""
+    if "onnx" in formats:
         require_onnx()
     loaded = load_run(select_run(cfg.resume), torch.device("cpu"), cfg.weights)
-    export_run(loaded, fmt)
+    for fmt in dict.fromkeys(formats):
+        export_run(loaded, fmt)
     return 0
 
 
