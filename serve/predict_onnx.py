@@ -33,7 +33,10 @@ def sha256_file(path: Path) -> str:
 
 def load(export_dir: Path, threads: int = 0) -> tuple:
     """(session, preprocess spec), after checking model.onnx's sha256 against preprocess.json."""
-    spec = json.loads((export_dir / "preprocess.json").read_text())
+    try:
+        spec = json.loads((export_dir / "preprocess.json").read_text())
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: cannot read {export_dir / 'preprocess.json'} ({e}); give the export folder of a run")
     model = export_dir / "model.onnx"
     expected = spec["files"]["model.onnx"]["sha256"]
     found = sha256_file(model) if model.exists() else "missing"
@@ -134,8 +137,12 @@ def main(argv: list = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     args = parser.parse_args(argv)
     session, spec = load(args.export_dir, args.threads)
+    try:
+        rows = predict(session, spec, images(args.inputs))
+    except OSError as e:
+        sys.exit(f"error: cannot read an image ({e}); remove or fix the file")
     print("path,class,confidence")
-    for path, name, conf in predict(session, spec, images(args.inputs)):
+    for path, name, conf in rows:
         print(f"{path},{name},{conf:.6f}")
     return 0
 
