@@ -2,7 +2,9 @@
 
     python inference.py [KEY=VALUE ...]                  evaluate the run `resume` selects on its validation split
     python inference.py --input PATH                     predict on an image file or a folder of images
-    python inference.py --compare RUN_A [RUN_B]          A/B report on the same samples
+    python inference.py --compare RUN_A [RUN_B]          A/B report on the same samples (RUN@onnx: its ONNX export)
+    python inference.py --export onnx [pt2]              export the run for services, parity checked (export/)
+    python inference.py backend=onnxruntime [--input P]  evaluate or predict with the run's export/model.onnx on CPU
     python inference.py --list [KEY=VALUE ...]           a table of the runs (see train.py --help)
     python inference.py --report                         write experiments/index.html, a page of all runs
 
@@ -28,14 +30,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"wrote {write_index()}")
         return 0
     cfg = load_config(args.config, args.overrides)
+    if args.export and "onnx" in args.export:
+        from infer.export import require_onnx
+        require_onnx()  # the install command comes first: nothing else can be fixed without it
     from infer.runs import select_run
     from tasks import task_of
 
     if args.compare:
         from infer.compare import select_pair
-        run_a, run_b = select_pair(cfg, args.compare)
-        return task_of(run_a, run_b).compare(cfg, run_a, run_b, args.input)
+        run_a, run_b, backends = select_pair(cfg, args.compare)
+        return task_of(run_a, run_b).compare(cfg, run_a, run_b, backends, args.input)
     run = select_run(cfg.resume)
+    if args.export:
+        return task_of(run).export(cfg, run, args.export)
     try:
         task_of(run).infer(cfg, run, args.input)
     except BrokenPipeError:
@@ -49,7 +56,11 @@ def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = make_parser("inference.py", "Evaluate a trained run, predict on images, or compare two runs (A/B).")
     parser.add_argument("--input", metavar="PATH", help="an image file or a folder of images to predict on "
                         "(with --compare: a labelled folder of class sub-folders)")
-    parser.add_argument("--compare", nargs="+", metavar="RUN", help="RUN_A [RUN_B]: A/B report; RUN_B defaults to the run resume selects")
+    parser.add_argument("--compare", nargs="+", metavar="RUN", help="RUN_A [RUN_B]: A/B report; RUN_B defaults to the run resume "
+                        "selects; RUN@onnx compares the run's ONNX export (served by onnxruntime), e.g. --compare ID@onnx ID")
+    parser.add_argument("--export", nargs="+", metavar="FORMAT", help="onnx and/or pt2: export the run resume selects to "
+                        "experiments/<id>/export/ (model.onnx, model.pt2, preprocess.json, parity.json, export.json), "
+                        "checking parity with the eager model")
     parser.add_argument("--report", action="store_true", help="write experiments/index.html: every run on one page, no server needed")
     args = parse_args(parser, argv)
     if args.compare:  # --compare A [B] also swallows the KEY=VALUE words after it
@@ -57,6 +68,13 @@ def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
         args.compare = [w for w in args.compare if "=" not in w]
         if not args.compare:
             raise UsageError("--compare needs a run id: --compare RUN_A [RUN_B]")
+    if args.export:  # so does --export
+        args.overrides += [w for w in args.export if "=" in w]
+        args.export = [w for w in args.export if "=" not in w]
+        wrong = [w for w in args.export if w not in ("onnx", "pt2")] or ([] if args.export else ["no format"])
+        if wrong or args.compare or args.input:
+            raise UsageError(f"--export takes onnx and/or pt2, and no --compare or --input (got {' '.join(wrong) or 'those'}); "
+                             "e.g. --export onnx resume=<id>")
     return args
 
 

@@ -21,9 +21,10 @@ def validate(loaded: LoadedRun, device: torch.device) -> dict:
     acc = float((out["pred"] == out["target"]).sum()) / count
     metrics = {"run": loaded.run["id"], "device": str(device), "samples": count, "val_acc": acc,
                "val_loss": float(out["loss_sum"]) / count,
-               "weights": loaded.weights, "recorded_val_acc": loaded.recorded_metrics().get("val_acc"),
+               "weights": loaded.weights, "backend": loaded.backend, "recorded_val_acc": loaded.recorded_metrics().get("val_acc"),
                "per_class_acc": dict(zip(names, per_class_accuracy(out["pred"], out["target"], len(names))))}
-    print(f"run {loaded.run['id']} ({loaded.cfg.base_model}, {loaded.weights} weights) on {device}: val_acc {acc:.4f}  "
+    via = "" if loaded.backend == "torch" else f" via {loaded.backend}"
+    print(f"run {loaded.run['id']} ({loaded.cfg.base_model}, {loaded.weights} weights) on {device}{via}: val_acc {acc:.4f}  "
           f"val_loss {metrics['val_loss']:.4f}  ({count} samples; recorded at training: {metrics['recorded_val_acc']})")
     for name, a in metrics["per_class_acc"].items():
         print(f"  {name:>12}  {'-' if a is None else f'{a:.4f}'}")

@@ -7,9 +7,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from infer.runs import LoadedRun, amp_dtype, inference_dir, is_finished, load_run, per_class_accuracy, rebuild_data, select_run
+from infer.onnx_backend import inference_device, label, split_spec, with_backend
+from infer.runs import LoadedRun, amp_dtype, inference_dir, is_finished, per_class_accuracy, rebuild_data, select_run
 from train import evaluate
-from train.device import resolve_device
 from utils.config import KEYS, Config
 from utils.dataloader import EvalBatchSampler, FileSource, SplitSet, folder_samples, make_loader
 from utils.errors import UsageError
@@ -149,7 +149,8 @@ def compare(a: LoadedRun, b: LoadedRun, input_path: Optional[str], device: torch
         "mcnemar": test, "reading": reading(test, a.run["id"], b.run["id"]),
         "accuracy_diff_B_minus_A": {"value": float(cb.mean() - ca.mean()), "ci95": [lo, hi],
                                     "bootstrap_samples": BOOTSTRAP_SAMPLES, "seed": 0},
-        "params": {"A": sum(p.numel() for p in a.model.parameters()), "B": sum(p.numel() for p in b.model.parameters())},
+        "backend": {"A": a.backend, "B": b.backend},
+        "params": {"A": _params(a.model), "B": _params(b.model)},
         "latency_s_per_batch": {"A": outs["A"]["latency"], "B": outs["B"]["latency"]},
         "config_diff": {k: {"A": cfg_a[k], "B": cfg_b[k]} for k in KEYS if k != "resume" and cfg_a[k] != cfg_b[k]},
         "model_source_changed": a.run.get("model_source_sha256") != b.run.get("model_source_sha256"),
@@ -157,14 +158,20 @@ def compare(a: LoadedRun, b: LoadedRun, input_path: Optional[str], device: torch
     return Comparison(report, outs, target)
 
 
+def _params(model: torch.nn.Module) -> int:
+    """Parameters of the model, or of the model an export came from."""
+    return getattr(model, "parameter_count", 0) or sum(p.numel() for p in model.parameters())
+
+
 def to_markdown(r: dict) -> str:
-    a, b = r["a"], r["b"]
+    a, b = r["a"] + _suffix(r, "A"), r["b"] + _suffix(r, "B")
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     lines = [f"# A/B: {a} (A) vs {b} (B)", "",
              f"{r['samples']} samples: {r['evaluated_on']}, on {r['device']}, each run with its own preprocessing.", "",
              "| | A | B |", "| --- | --- | --- |",
              f"| accuracy | {pct(r['accuracy']['A'])} | {pct(r['accuracy']['B'])} |",
              f"| loss | {r['loss']['A']:.4f} | {r['loss']['B']:.4f} |",
+             f"| backend | {r['backend']['A']} | {r['backend']['B']} |",
              f"| parameters | {r['params']['A']:,} | {r['params']['B']:,} |",
              f"| latency per batch | {1000 * r['latency_s_per_batch']['A']:.2f} ms | {1000 * r['latency_s_per_batch']['B']:.2f} ms |",
              "", "| class | A | B | delta (B - A) |", "| --- | --- | --- | --- |"]
@@ -183,6 +190,10 @@ def to_markdown(r: dict) -> str:
         lines += ["The two configs are the same (apart from resume)."]
     lines += ["", "The model class source " + ("changed between the runs." if r["model_source_changed"] else "is the same in both runs.")]
     return "\n".join(lines) + "\n"
+
+
+def _suffix(r: dict, side: str) -> str:
+    return "" if r["backend"][side] == "torch" else "@onnx"
 
 
 def plot_compare(result: Comparison, names: list, history: dict, path: Path) -> None:
@@ -220,24 +231,27 @@ def plot_compare(result: Comparison, names: list, history: dict, path: Path) -> 
     save_figure(fig, path, dpi=90)
 
 
-def select_pair(cfg: Config, runs: list[str]) -> tuple[dict, dict]:
-    """The two finished runs of inference.py --compare A [B] (B: the run `resume` selects)."""
+def select_pair(cfg: Config, runs: list[str]) -> tuple[dict, dict, tuple[str, str]]:
+    """The two finished runs of inference.py --compare A [B] (B: the run `resume` selects), and the
+    backend of each: a run written RUN@onnx is served by onnxruntime from its export, others by `backend`."""
     if len(runs) > 2:
         raise UsageError(f"--compare takes one or two run ids, got {len(runs)}")
-    run_a = find_run(runs[0], "--compare", is_finished, "that finished",
+    spec_a, backend_a = split_spec(runs[0], cfg.backend)
+    spec_b, backend_b = split_spec(runs[1], cfg.backend) if len(runs) > 1 else (cfg.resume, cfg.backend)
+    run_a = find_run(spec_a, "--compare", is_finished, "that finished",
                      lambda r: None if is_finished(r) else f"has no final weights (status {r.get('status')}); pick a finished run")
-    run_b = select_run(runs[1] if len(runs) > 1 else cfg.resume, "--compare" if len(runs) > 1 else "resume")
-    return run_a, run_b
+    run_b = select_run(spec_b, "--compare" if len(runs) > 1 else "resume")
+    return run_a, run_b, (backend_a, backend_b)
 
 
-def compare_main(cfg: Config, run_a: dict, run_b: dict, input_path: Optional[str]) -> int:
+def compare_main(cfg: Config, run_a: dict, run_b: dict, backends: tuple[str, str], input_path: Optional[str]) -> int:
     """inference.py --compare A [B] for classifiers: print the report, write .md, .json and .png under B's inference/."""
-    device = resolve_device(cfg.inference_device, "inference_device")
-    a, b = load_run(run_a, device, cfg.weights), load_run(run_b, device, cfg.weights)
+    device = inference_device(cfg)
+    a, b = with_backend(run_a, device, cfg.weights, backends[0]), with_backend(run_b, device, cfg.weights, backends[1])
     result = compare(a, b, input_path, device)
     md = to_markdown(result.report)
     print(md)
-    stem = inference_dir(b) / f"compare_{a.run['id']}_vs_{b.run['id']}"
+    stem = inference_dir(b) / f"compare_{label(a)}_vs_{label(b)}"
     write_text(stem.with_suffix(".md"), md)
     write_json(stem.with_suffix(".json"), result.report)
     plot_compare(result, b.info.class_names, {"A": read_metrics(a.folder), "B": read_metrics(b.folder)}, stem.with_suffix(".png"))

@@ -50,6 +50,7 @@ class LoadedRun:
     model: torch.nn.Module
     folder: Path
     weights: str = "final"  # which weights file: final or best
+    backend: str = "torch"  # what runs `model`: torch, or onnxruntime (infer/onnx_backend.py)
 
     def recorded_metrics(self) -> dict:
         """The validation metrics run.json records for these weights."""
@@ -87,13 +88,19 @@ def rebuild_data(cfg: Config) -> Data:
     return build_data(dataclasses.replace(cfg, cache_mb=0))
 
 
-def evaluate_split(loaded: LoadedRun, device: torch.device) -> dict:
-    """evaluate() on the run's validation split, rebuilt from its config and checked against run.json;
-    adds the sample ids."""
+def checked_data(loaded: LoadedRun) -> Data:
+    """The run's data rebuilt from its config, its validation split checked against run.json."""
     data = rebuild_data(loaded.cfg)
     if data.val_hash != loaded.run["val_hash"]:
         raise RunFailure(f"the validation split of run {loaded.run['id']} cannot be rebuilt: the data changed since "
                          "training (validation hash differs); restore the data or evaluate with --input")
+    return data
+
+
+def evaluate_split(loaded: LoadedRun, device: torch.device) -> dict:
+    """evaluate() on the run's validation split, rebuilt from its config and checked against run.json;
+    adds the sample ids."""
+    data = checked_data(loaded)
     batch = loaded.cfg.batch_size // loaded.cfg.grad_accum_steps
     loader = make_loader(data.val, EvalBatchSampler(len(data.val), batch), 0, device.type == "cuda")
     out = evaluate(loaded.model, loader, device, amp_dtype(loaded.cfg, device), loaded.cfg.channels_last == "true")

@@ -118,18 +118,23 @@ class Classify:
     def infer(self, cfg: Config, run: dict, input_path: Optional[str]) -> None:
         """Evaluate the run on its validation split, or predict on the images at input_path."""
         from infer.classify import predict, validate
-        from infer.runs import load_run
-        from train.device import resolve_device
+        from infer.onnx_backend import inference_device, with_backend
 
-        device = resolve_device(cfg.inference_device, "inference_device")
-        loaded = load_run(run, device, cfg.weights)
+        device = inference_device(cfg)
+        loaded = with_backend(run, device, cfg.weights, cfg.backend)  # eager torch, or the run's ONNX export
         if input_path:
             predict(loaded, Path(input_path), device)
         else:
             validate(loaded, device)
 
-    def compare(self, cfg: Config, run_a: dict, run_b: dict, input_path: Optional[str]) -> int:
-        """The A/B report of two classifiers on the same samples (infer/compare.py)."""
+    def compare(self, cfg: Config, run_a: dict, run_b: dict, backends: tuple, input_path: Optional[str]) -> int:
+        """The A/B report of two classifiers on the same samples (infer/compare.py), each served by its backend."""
         from infer.compare import compare_main
 
-        return compare_main(cfg, run_a, run_b, input_path)
+        return compare_main(cfg, run_a, run_b, backends, input_path)
+
+    def export(self, cfg: Config, run: dict, formats: list[str]) -> int:
+        """inference.py --export onnx|pt2: the model for services, parity checked (infer/export.py)."""
+        from infer.export import export_main
+
+        return export_main(cfg, run, formats)

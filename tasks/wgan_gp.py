@@ -201,10 +201,22 @@ class WganGp:
 
     # ------------------------------------------------------------ inference (inference.py calls these)
     def infer(self, cfg: Config, run: dict, input_path) -> None:
+        torch_only(cfg.backend, run)
         infer(cfg, run, input_path)
 
-    def compare(self, cfg: Config, run_a: dict, run_b: dict, input_path) -> int:
+    def compare(self, cfg: Config, run_a: dict, run_b: dict, backends: tuple, input_path) -> int:
+        for backend in backends:
+            torch_only(backend, run_a)
         return compare(cfg, run_a, run_b, input_path)
+
+    def export(self, cfg: Config, run: dict, formats: list[str]) -> int:
+        raise UsageError(f"--export: run {run['id']} is a wgan_gp run; export (with its parity check on labelled samples) "
+                         "is for classifiers")
+
+
+def torch_only(backend: str, run: dict) -> None:
+    if backend != "torch":
+        raise UsageError(f"backend: a wgan_gp run ({run['id']}) is served by torch only; set backend=torch (drop @onnx)")
 
 
 def find_classifier(spec: str, cfg: Config) -> dict:

@@ -64,6 +64,7 @@ class Config:
                         "a GAN: val_fd, else val_wdist) | val_acc | val_loss | val_fd | val_wdist")
     early_stop_patience: int = _key(0, "end the run when `monitor` has not improved for this many epochs (0: off)")
     weights: str = _key("final", "inference.py and --compare: final | best (the best epoch's weights)")
+    backend: str = _key("torch", "inference.py: torch | onnxruntime (the run's export/model.onnx on CPU; see --export)")
     amp: str = _key("auto", "mixed precision: auto | none | bf16 | fp16 (auto: bf16 where the device runs it natively)")
     grad_accum_steps: int = _key(1, "micro-batches per optimizer step")
     channels_last: str = _key("auto", "auto | true | false: channels_last memory format (auto: on for convolutional models)")
@@ -97,7 +98,7 @@ HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
 DEFAULTS = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(Config)}
 # Keys that describe the machine a run is on, not the experiment.
 MACHINE_KEYS = ("device", "inference_device", "num_workers", "checkpoint_every_steps", "progress", "tensorboard",
-                "download", "cache_mb", "weights")
+                "download", "cache_mb", "weights", "backend")
 # A continuation takes these from config/config.yaml and the command line, all others from its parent.
 CONTINUATION_KEYS = ("resume", "epochs", *MACHINE_KEYS)
 # Labels of a run, not of the experiment: a continuation keeps its parent's name and tags unless given new ones.
@@ -113,6 +114,7 @@ CHOICES = {
     "monitor": ("auto", "val_acc", "val_loss", "val_fd", "val_wdist"),
     "task": ("classify", "wgan_gp"),
     "weights": ("final", "best"),
+    "backend": ("torch", "onnxruntime"),
 }
 # Keys that were booleans in older run folders' config.yaml, and what each boolean means now.
 FROM_BOOL = {"augment": {True: "translate", False: "none"}, "channels_last": {True: "true", False: "false"}}
@@ -298,6 +300,8 @@ def validate(cfg: Config) -> list[str]:
     for label in ([cfg.name] if cfg.name is not None else []) + cfg.tags:
         if not LABEL_RE.match(label):
             p.append(f"{'tags' if label in cfg.tags else 'name'}: '{label}' is not a label; use up to 64 letters, digits and . _ + -")
+    if cfg.backend == "onnxruntime" and cfg.inference_device not in ("auto", "cpu"):
+        p.append(f"inference_device: backend=onnxruntime serves on cpu, got '{cfg.inference_device}'; set inference_device=cpu")
     if cfg.resume is not None and cfg.init_from is not None:
         p.append("init_from: cannot be combined with resume; set one of them to null")
     return p

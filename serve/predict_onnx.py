@@ -1,0 +1,151 @@
+"""Predict with an exported run, without torch: copy this file next to model.onnx and preprocess.json.
+
+    pip install onnxruntime numpy pillow
+    python predict_onnx.py EXPORT_DIR IMAGE_OR_FOLDER [...]      ->  path,class,confidence  per line
+
+It checks model.onnx against the sha256 in preprocess.json before loading it (exit 1 on a mismatch),
+then preprocesses each image exactly as the template's utils/dataloader.load_image does (decode, resize,
+scale, normalise; see preprocess.json), so it predicts the same classes as `inference.py --input`.
+Imports only the standard library, numpy, Pillow and onnxruntime.
+"""
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+TORCHVISION_DECODED = (".png", ".jpg", ".jpeg")  # decoded by torchvision.io in the template, others by PIL
+PNG_GRAY = (9794, 19234, 3740)  # libpng's fixed-point weights for torchvision's 0.2989 R + 0.587 G (sum 32768)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load(export_dir: Path, threads: int = 0) -> tuple:
+    """(session, preprocess spec), after checking model.onnx's sha256 against preprocess.json."""
+    try:
+        spec = json.loads((export_dir / "preprocess.json").read_text())
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: cannot read {export_dir / 'preprocess.json'} ({e}); give the export folder of a run")
+    model = export_dir / "model.onnx"
+    expected = spec["files"]["model.onnx"]["sha256"]
+    found = sha256_file(model) if model.exists() else "missing"
+    if found != expected:
+        sys.exit(f"error: {model} does not match preprocess.json (expected sha256 {expected}, found {found}); export it again")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"]), spec
+
+
+def decode(path: Path, channels: int) -> np.ndarray:
+    """An image file -> (C, H, W) uint8, as the template decodes it."""
+    with Image.open(path) as im:
+        fmt = im.format if path.suffix.lower() in TORCHVISION_DECODED else None
+        if channels == 1 and fmt == "JPEG":
+            im.draft("L", im.size)  # the decoder's own luma, as libjpeg gives it to torchvision
+        if channels == 1 and fmt == "PNG" and im.mode not in ("L", "LA", "1"):
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint32)
+            a = (rgb @ np.array(PNG_GRAY, dtype=np.uint32)) >> 15
+            a = np.where((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 0] == rgb[..., 2]), rgb[..., 0], a).astype(np.uint8)
+        else:
+            a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _weights(n_in: int, n_out: int) -> tuple:
+    """torch's antialiased bilinear resize weights for uint8: (n_out, n_in) int16-valued matrix, precision bits."""
+    scale = n_in / n_out
+    support, inv = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
+    rows = []
+    for i in range(n_out):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        w = [max(0.0, 1.0 - abs((j + lo - center + 0.5) * inv)) for j in range(min(int(center + support + 0.5), n_in) - lo)]
+        total = sum(w)
+        rows.append((lo, [v / total for v in w] if total != 0.0 else w))
+    top = max(max(w) for _, w in rows)
+    bits = 0
+    while bits < 22 and int(0.5 + top * (1 << (bits + 1))) < (1 << 15):
+        bits += 1
+    mat = np.zeros((n_out, n_in), dtype=np.int64)
+    for i, (lo, w) in enumerate(rows):
+        for j, v in enumerate(w):
+            v *= 1 << bits
+            mat[i, lo + j] = int(v - 0.5) if v < 0 else int(v + 0.5)
+    return mat, bits
+
+
+def _resize_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    mat, bits = _weights(a.shape[axis], n_out)
+    moved = np.moveaxis(a.astype(np.int64), axis, -1)
+    out = (moved @ mat.T + (1 << (bits - 1))) >> bits
+    return np.moveaxis(np.clip(out, 0, 255).astype(np.uint8), -1, axis)
+
+
+def resize(a: np.ndarray, side: int) -> np.ndarray:
+    """(C, H, W) uint8 -> (C, side, side): torchvision's antialiased bilinear resize, width then height."""
+    if a.shape[2] != side:
+        a = _resize_axis(a, side, 2)
+    if a.shape[1] != side:
+        a = _resize_axis(a, side, 1)
+    return a
+
+
+def preprocess(path: Path, spec: dict) -> np.ndarray:
+    """An image file -> the model's input for it: (C, S, S) float32, normalised."""
+    a = resize(decode(path, spec["channels"]), spec["image_size"])
+    shape = (-1, 1, 1)
+    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(shape)
+    std = np.asarray(spec["std"], dtype=np.float32).reshape(shape)
+    return (a.astype(np.float32) / np.float32(255.0) - mean) / std
+
+
+def predict(session, spec: dict, paths: list, batch_size: int = 64) -> list:
+    """(path, class name, confidence) for each image."""
+    rows = []
+    for i in range(0, len(paths), batch_size):
+        chunk = paths[i:i + batch_size]
+        x = np.stack([preprocess(p, spec) for p in chunk])
+        (logits,) = session.run([spec["output"]["name"]], {spec["input"]["name"]: x})
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        probs = e / e.sum(1, keepdims=True)
+        rows += [(str(p), spec["class_names"][k], float(probs[j, k])) for j, (p, k) in enumerate(zip(chunk, probs.argmax(1)))]
+    return rows
+
+
+def images(paths: list) -> list:
+    out = []
+    for p in map(Path, paths):
+        out += sorted(f for f in p.rglob("*") if f.suffix.lower() in EXTENSIONS and f.is_file()) if p.is_dir() else [p]
+    return out
+
+
+def main(argv: list = None) -> int:
+    parser = argparse.ArgumentParser(description="Predict classes with an exported run's model.onnx (no torch).")
+    parser.add_argument("export_dir", type=Path, help="the export folder: model.onnx and preprocess.json")
+    parser.add_argument("inputs", nargs="+", help="image files or folders of images")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    args = parser.parse_args(argv)
+    session, spec = load(args.export_dir, args.threads)
+    try:
+        rows = predict(session, spec, images(args.inputs))
+    except OSError as e:
+        sys.exit(f"error: cannot read an image ({e}); remove or fix the file")
+    print("path,class,confidence")
+    for path, name, conf in rows:
+        print(f"{path},{name},{conf:.6f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
