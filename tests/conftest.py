@@ -78,6 +78,17 @@ def copy_project(dest: Path) -> Project:
 
 
 @pytest.fixture
+def store(tmp_path: Path, monkeypatch) -> Path:
+    """An empty experiments/ (and checkpoints/) in a temporary folder, for the run store used in process."""
+    import utils.runstore as rs
+
+    monkeypatch.setattr(rs, "EXPERIMENTS", tmp_path / "experiments")
+    monkeypatch.setattr(rs, "CHECKPOINTS", tmp_path / "checkpoints")
+    rs.EXPERIMENTS.mkdir()
+    return rs.EXPERIMENTS
+
+
+@pytest.fixture
 def project(tmp_path: Path) -> Project:
     return copy_project(tmp_path / "proj")
 

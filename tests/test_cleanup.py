@@ -16,14 +16,6 @@ from utils.errors import UsageError
 from utils.listing import list_command, parse_filters
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setattr(rs, "EXPERIMENTS", tmp_path / "experiments")
-    monkeypatch.setattr(rs, "CHECKPOINTS", tmp_path / "checkpoints")
-    rs.EXPERIMENTS.mkdir()
-    return rs.EXPERIMENTS
-
-
 def test_a_running_run_is_not_deleted(store):
     (run_id, *_) = make_runs(store, 2)
     info = json.loads((store / run_id / "run.json").read_text()) | {"status": "running"}

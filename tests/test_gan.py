@@ -132,3 +132,17 @@ def test_inference_and_ab_report_of_gan_runs(gan_store):
         assert lo <= report[side]["frechet_distance"] <= hi or lo < hi
     assert report["config_diff"]["seed"] == {"A": 0, "B": 1}
     assert (project.experiments / other / "inference" / f"compare_{gan}_vs_{other}.png").exists()
+
+
+def test_monitor_must_be_a_metric_of_the_task():
+    from tasks.classify import Classify
+    from tasks.wgan_gp import WganGp
+    from train.build import resolve_auto
+    from utils.errors import UsageError
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(UsageError, match="monitor: 'val_acc' is not a validation metric of task wgan_gp"):
+        resolve_auto(build_config({"task": "wgan_gp", "monitor": "val_acc"}), torch.device("cpu"), model, WganGp())
+    with pytest.raises(UsageError, match="monitor: 'val_fd' is not a validation metric of task classify"):
+        resolve_auto(build_config({"monitor": "val_fd"}), torch.device("cpu"), model, Classify())
+    assert resolve_auto(build_config({"task": "wgan_gp"}), torch.device("cpu"), model, WganGp()).monitor == "val_wdist"

@@ -15,14 +15,6 @@ from utils.report import write_index
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setattr(rs, "EXPERIMENTS", tmp_path / "experiments")
-    monkeypatch.setattr(rs, "CHECKPOINTS", tmp_path / "checkpoints")
-    rs.EXPERIMENTS.mkdir()
-    return rs.EXPERIMENTS
-
-
 def make_runs(experiments, n: int) -> list[str]:
     """n finished runs with 3 epochs of metrics each; run i's val_acc is a scrambled function of i,
     so start order and metric order differ. Every 4th run continues the one before it."""

@@ -111,7 +111,7 @@ CHOICES = {
     "augment": ("auto", "none", "translate", "crop_flip", "trivialaugment"),
     "amp": ("auto", "none", "bf16", "fp16"),
     "channels_last": ("auto", "true", "false"),
-    "monitor": ("auto", "val_acc", "val_loss", "val_fd", "val_wdist"),
+    "monitor": ("val_acc", "val_loss", "val_fd", "val_wdist", "auto"),  # the task checks which are its own
     "task": ("classify", "wgan_gp"),
     "weights": ("final", "best"),
     "backend": ("torch", "onnxruntime"),
