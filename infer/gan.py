@@ -59,11 +59,15 @@ def features_and_probs(classifier, images: torch.Tensor, device: torch.device, b
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to feature sets a (N, F) and b (M, F):
     |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))."""
+    import warnings
+
     from scipy import linalg
 
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(s_a @ s_b)
+    with warnings.catch_warnings():  # singular with fewer samples than features: measure() says so once
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(s_a @ s_b)
     root = root.real  # numerical noise gives tiny imaginary parts
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * root))
 

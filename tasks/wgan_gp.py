@@ -12,6 +12,7 @@ cut, on num_workers or on the number of processes.
 """
 import dataclasses
 import hashlib
+import sys
 
 import torch
 from torch import nn
@@ -250,6 +251,9 @@ def measure(cfg: Config, run: dict, device: torch.device, classifier) -> dict:
     images = generate(loaded.model.generator, codes, device)
     fake, probs = features_and_probs(classifier, images, device)
     real = features_and_probs(classifier, real_images(loaded.cfg), device)[0]
+    if min(len(real), len(fake)) <= real.shape[1]:
+        print(f"note: {min(len(real), len(fake))} samples for {real.shape[1]} features: the Frechet distance of run "
+              f"{run['id']} is rough; more validation images or fid_samples make it steadier", file=sys.stderr)
     return {"run": run["id"], "weights": cfg.weights, "fid_features": classifier.run["id"], "samples": len(codes),
             "sample_seed": cfg.sample_seed, "frechet_distance": frechet(real, fake),
             **class_shares(probs, classifier.info.class_names), "_images": images, "_real": real, "_fake": fake,
