@@ -7,23 +7,22 @@ from typing import Any, Optional
 
 from utils.config import DEFAULTS, KEYS, LABEL_KEYS, changed_keys, convert, suggest
 from utils.errors import UsageError
-from utils.runstore import EPOCH_METRICS, list_runs, shown_run
+from utils.runstore import list_runs, shown_run
 
 STATUSES = ("running", "finished", "failed", "interrupted", "killed", "damaged")
 # Filters besides the config keys (which match the run's config.yaml values).
 FIELDS = ("status", "name", "tag", "model", "parent")
-LOWER_IS_BETTER = ("val_loss", "train_loss")
-SORT_KEYS = (*EPOCH_METRICS, "best", "id", "name", "status", "model", "epochs", "duration", "params")
+COLUMNS = ("best", "id", "name", "status", "model", "epochs", "duration", "params")  # --sort also takes metrics, config keys
 
 
 def list_command(words: list[str], sort: Optional[str] = None, as_json: bool = False) -> int:
     """python train.py --list [KEY=VALUE ...] [--sort KEY] [--json]: print the runs that match."""
     filters = parse_filters(words)
     runs = list_runs()
-    metrics = sorted({k for r in runs for k in (r.get("metrics") or {})} - set(SORT_KEYS))  # other tasks' metrics
-    if sort is not None and sort not in SORT_KEYS and sort not in DEFAULTS and sort not in metrics:
-        raise UsageError(f"--sort: '{sort}' is not a column{suggest(sort, [*SORT_KEYS, *metrics, *KEYS])}; "
-                         f"use one of {', '.join([*SORT_KEYS, *metrics])} or a config key")
+    metrics = list(dict.fromkeys(k for r in runs for k in (r.get("metrics") or {})))  # every task's, as recorded
+    if sort is not None and sort not in COLUMNS and sort not in DEFAULTS and sort not in metrics:
+        raise UsageError(f"--sort: '{sort}' is not a column{suggest(sort, [*metrics, *COLUMNS, *KEYS])}; "
+                         f"use one of {', '.join([*metrics, *COLUMNS])} or a config key")
     runs = [r for r in runs if matches(r, filters)]
     if sort is not None:
         runs = sort_runs(runs, sort)
@@ -84,22 +83,25 @@ def lower_is_better(run: dict, metric: str) -> bool:
     best = run.get("best") or {}
     if best.get("monitor") == metric and best.get("mode"):
         return best["mode"] == "min"
-    return metric in LOWER_IS_BETTER or metric.endswith(("_loss", "_fd", "_wdist"))
+    return metric.endswith(("_loss", "_fd", "_wdist"))
 
 
 def sort_value(run: dict, key: str) -> Any:
     """The value --sort orders by; metrics so that the best run comes last, next to the prompt."""
-    if key == "best" or key in (run.get("metrics") or {}) or key in EPOCH_METRICS:
-        metric = headline(run) if key == "best" else key
-        value = ((run.get("best") or {}).get("metrics") or {} if key == "best" else run.get("metrics") or {}).get(metric)
-        if value is None:
-            return None
-        return -value if lower_is_better(run, metric) else value
     if key == "duration":
         return duration_seconds(run)
     if key == "epochs":
         return run.get("epochs_done")
-    return run.get(key) if key in SORT_KEYS else (run.get("config") or {}).get(key)
+    if key in COLUMNS[1:]:
+        return run.get(key)
+    if key in DEFAULTS:
+        return (run.get("config") or {}).get(key)
+    metric = headline(run) if key == "best" else key
+    value = ((run.get("best") or {}).get("metrics") if key == "best" else run.get("metrics") or {}) or {}
+    value = value.get(metric)
+    if value is None:
+        return None
+    return -value if lower_is_better(run, metric) else value
 
 
 def sort_runs(runs: list[dict], key: str) -> list[dict]:

@@ -31,8 +31,6 @@ BEST_FILE = "best.safetensors"  # the best epoch's weights, beside model.safeten
 STATE_FILE = "state.pt"  # everything needed to continue the run exactly (train/checkpoint.py writes it)
 LABELS_FILE = "labels.json"  # tags and notes added after the run started (train.py --tag / --note)
 TRASH = ".trash"  # experiments/.trash/<id>: runs moved away by train.py --delete
-# What run.json's "metrics" keeps of an epoch's row of metrics.csv.
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
 # ---------------------------------------------------------------- durable writes
