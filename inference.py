@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from utils.config import load_config, make_parser, parse_args
+from tasks import configs
+from utils.config import load_config, make_parser, parse_args, shared_config
 from utils.errors import RunFailure, UsageError, run_main
 
 
@@ -24,27 +25,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_arguments(argv)
     if args.list:
         from utils.listing import list_command
-        return list_command(args.overrides, args.sort, args.json)
+        return list_command(args.overrides, args.sort, args.json, configs)
     if args.report:
         from utils.report import write_index
         print(f"wrote {write_index()}")
         return 0
-    cfg = load_config(args.config, args.overrides)
+    shared = shared_config(args.config, args.overrides, configs)  # which run(s): then their task says which keys apply
     if args.export and "onnx" in args.export:
-        from infer.export import require_onnx
+        from infer.onnx_backend import require_onnx
         require_onnx()  # the install command comes first: nothing else can be fixed without it
     from infer.runs import select_run
     from tasks import task_of
 
     if args.compare:
-        from infer.compare import select_pair
-        run_a, run_b, backends = select_pair(cfg, args.compare)
-        return task_of(run_a, run_b).compare(cfg, run_a, run_b, backends, args.input)
-    run = select_run(cfg.resume)
+        from infer.report import select_pair
+        run_a, run_b, backends = select_pair(shared, args.compare)
+        task = task_of(run_a, run_b)
+        cfg = load_config(args.config, args.overrides, configs, task.name)
+        return task.compare(cfg, run_a, run_b, backends, args.input)
+    run = select_run(shared.resume)
+    task = task_of(run)
+    cfg = load_config(args.config, args.overrides, configs, task.name)
     if args.export:
-        return task_of(run).export(cfg, run, args.export)
+        return task.export(cfg, run, args.export)
     try:
-        task_of(run).infer(cfg, run, args.input)
+        task.evaluate_run(cfg, run, args.input)
     except BrokenPipeError:
         raise
     except OSError as e:
@@ -53,7 +58,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = make_parser("inference.py", "Evaluate a trained run, predict on images, or compare two runs (A/B).")
+    parser = make_parser("inference.py", "Evaluate a trained run, predict on images, or compare two runs (A/B).", configs)
     parser.add_argument("--input", metavar="PATH", help="an image file or a folder of images to predict on "
                         "(with --compare: a labelled folder of class sub-folders)")
     parser.add_argument("--compare", nargs="+", metavar="RUN", help="RUN_A [RUN_B]: A/B report; RUN_B defaults to the run resume "

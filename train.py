@@ -16,11 +16,13 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from tasks import configs, task_dict
 from utils.config import (
     CONTINUATION_KEYS,
     LABEL_KEYS,
     Config,
     changed_keys,
+    fields_of,
     load_config,
     make_parser,
     parse_args,
@@ -30,12 +32,14 @@ from utils.config import (
 )
 from utils.errors import RunFailure, UsageError, fault_point, run_main
 from utils.runstore import BEST_FILE, EXPERIMENTS, RunFolder, find_run, find_state, link_or_copy
+from utils.upgrade import RUN_FORMAT, run_format
 
 if TYPE_CHECKING:
     import torch
 
-    from train import Trainer
     from train.checkpoint import TrainingParts, TrainState
+    from train.task import Task
+    from train.trainer import Trainer
     from utils.dataloader import Data
 
 
@@ -47,32 +51,32 @@ class Plan:
     init: Optional[dict]        # run.json of the run whose weights start a new run (init_from), or None
     notes: list[str]            # lines for train.log: applied and ignored keys, warnings
     changed: dict               # the experiment's keys that differ from the defaults, as the user set them
-    task: object = None         # the task (tasks/): what is specific to classify, wgan_gp, ...
+    task: Task                  # the task (tasks/<name>/): everything specific to what is trained
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_arguments(argv)
     if args.list or args.store_command:
         return store_command(args)
-    plan = plan_run(load_config(args.config, args.overrides))
+    plan = plan_run(load_config(args.config, args.overrides, configs))
     from train.build import resolve_auto
 
-    task = plan.task  # what is specific to the task: tasks/<task>.py
+    task = plan.task  # what is specific to the task: tasks/<name>/
     device = prepare_machine(plan.cfg)
     data = task.prepare_data(plan.cfg, load_data(plan.cfg))
     model = build_model_for(plan, task, data)
     plan.cfg = cfg = resolve_auto(plan.cfg, device, model, task)  # as config.yaml will record it
     place_model(model, cfg, device)
-    train_loader, val_loader = make_loaders(cfg, data, device)
+    train_loader, val_loader = make_loaders(cfg, task, data, device)
     parts = task.build_parts(cfg, model, train_loader.batch_sampler.steps_per_epoch(), device)
-    state = restore(plan, task, parts, device)
+    state = restore(plan, parts, device)
     run = start_run(plan, state, data, model, device)
     trainer = make_trainer(cfg, task, parts, (train_loader, val_loader), device, run, state, task.weights_meta(cfg, data.info))
     return fit_and_finish(trainer, run, cfg)
 
 
 def parse_arguments(argv: Optional[list[str]]):
-    parser = make_parser("train.py", "Train a model; every run is kept in experiments/<run id>/.")
+    parser = make_parser("train.py", "Train a model; every run is kept in experiments/<run id>/.", configs)
     store = parser.add_argument_group("looking after experiments/ (each refuses what is unsafe, changing nothing)")
     store.add_argument("--tag", nargs="+", metavar=("ID", "TAG"), help="add tags to a run (weights and config untouched)")
     store.add_argument("--note", nargs=2, metavar=("ID", "TEXT"), help="add a note to a run")
@@ -98,7 +102,7 @@ def store_command(args) -> int:
     from utils.listing import list_command
 
     if args.list:
-        return list_command(args.overrides, args.sort, args.json)
+        return list_command(args.overrides, args.sort, args.json, configs)
     if args.tag:
         cleanup.add_labels(args.tag[0], tags=args.tag[1:], option="--tag")
     elif args.note:
@@ -127,7 +131,7 @@ def write_index_quietly() -> None:
 # ---------------------------------------------------------------- before anything is written
 def plan_run(cfg: Config) -> Plan:
     """Resolve resume and init_from; everything that can be refused is refused here."""
-    changed = changed_keys(dataclasses.asdict(cfg))  # before a continuation or `auto` replaces values
+    changed = changed_keys(cfg)  # before a continuation or `auto` replaces values
     parent, cfg, notes = resolve_parent(cfg)
     init = None
     if cfg.init_from is not None:
@@ -135,9 +139,7 @@ def plan_run(cfg: Config) -> Plan:
                         lambda r: None if r["status"] == "finished" else
                         f"has no final weights (status {r['status']}); choose a finished run")
     if parent is not None:
-        changed = parent["changed"] if isinstance(parent.get("changed"), dict) else changed_keys(parent["config"])
-    from tasks import task_dict
-
+        changed = parent["changed"] if isinstance(parent.get("changed"), dict) else changed_keys(cfg)
     return Plan(cfg, parent, init, notes, changed, task_dict[cfg.task]())
 
 
@@ -150,7 +152,8 @@ def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
                       refuse_parent)
     config_file = EXPERIMENTS / parent["id"] / "config.yaml"
     try:  # run.json keeps the config too, for a run killed before it wrote config.yaml
-        parent_cfg = saved_config(read_yaml(config_file) if config_file.exists() else parent["config"])
+        values = read_yaml(config_file) if config_file.exists() else parent["config"]
+        parent_cfg = saved_config(values, configs, run_format(parent))
     except (UsageError, KeyError) as e:
         raise UsageError(f"resume: the config of run {parent['id']} is unusable ({e})") from None
     done = parent.get("epochs_done", 0)
@@ -178,8 +181,8 @@ def continuation_notes(ours: Config, parent_cfg: Config, child: Config) -> list[
     applied = [f"{k}={getattr(child, k)} (parent: {getattr(parent_cfg, k)})" for k in CONTINUATION_KEYS
                if k != "resume" and getattr(child, k) != getattr(parent_cfg, k)]
     ignored = [f"{k}={getattr(ours, k)} (kept the parent's {getattr(parent_cfg, k)})"
-               for k in dataclasses.asdict(ours)
-               if k not in CONTINUATION_KEYS + LABEL_KEYS and getattr(ours, k) != getattr(parent_cfg, k)]
+               for k in dataclasses.asdict(ours) if k in fields_of(type(parent_cfg))
+               and k not in CONTINUATION_KEYS + LABEL_KEYS and getattr(ours, k) != getattr(parent_cfg, k)]
     if applied:
         notes.append("applied: " + ", ".join(applied))
     if ignored:
@@ -215,7 +218,7 @@ def load_data(cfg: Config) -> Data:
     return data
 
 
-def build_model_for(plan: Plan, task, data: Data) -> torch.nn.Module:
+def build_model_for(plan: Plan, task: Task, data: Data) -> torch.nn.Module:
     """The task's model (from model_dict) for the data, from init_from's weights if set."""
     from train.build import load_weights
 
@@ -229,22 +232,21 @@ def place_model(model: torch.nn.Module, cfg: Config, device: torch.device) -> No
     """Move the model to the device, in channels_last layout when that is on."""
     import torch
 
-    if cfg.channels_last == "true":
+    if cfg.channels_last:
         model.to(device, memory_format=torch.channels_last)
     else:
         model.to(device)
 
 
-def make_loaders(cfg: Config, data: Data, device: torch.device) -> tuple:
+def make_loaders(cfg: Config, task: Task, data: Data, device: torch.device) -> tuple:
     """The training loader (this process's share of every global batch, in the order and with the
     augmentation that (seed, epoch, index) fix) and the validation loader (this process's share)."""
     from utils import dist
-    from utils.augment import Augment
     from utils.dataloader import EpochBatchSampler, EvalBatchSampler, make_loader
 
     world, rank = dist.world_size(), dist.rank()
     sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed, rank, world, cfg.grad_accum_steps)
-    aug = Augment(cfg.seed, cfg.augment, cfg.random_erasing, cfg.mixup_alpha, cfg.cutmix_alpha, len(data.info.class_names))
+    aug = task.augmentation(cfg, data.info)
     if aug.policy != "none" or aug.random_erasing or aug.mixes:
         data.train.augment = aug
     pin = device.type == "cuda"
@@ -253,26 +255,25 @@ def make_loaders(cfg: Config, data: Data, device: torch.device) -> tuple:
     return make_loader(data.train, sampler, cfg.num_workers, pin), make_loader(data.val, val_sampler, cfg.num_workers, pin)
 
 
-def restore(plan: Plan, task, parts: TrainingParts, device: torch.device) -> TrainState:
+def restore(plan: Plan, parts: TrainingParts, device: torch.device) -> TrainState:
     """Where the run starts: the state the parent's lineage saved last, or step 0."""
     from train import checkpoint
     from train.device import environment_warnings
 
     path = find_state(EXPERIMENTS, plan.parent["id"]) if plan.parent else None
     if path is None:
-        return checkpoint.TrainState(sums=task.new_sums())
+        return checkpoint.TrainState()
     state, notes = checkpoint.load_state_dict(checkpoint.read_state(path), parts)
-    state.sums = task.new_sums() | state.sums  # older files lack the sums added since
     plan.notes += notes + environment_warnings(plan.parent, device)
     return state
 
 
-def make_trainer(cfg: Config, task, parts: TrainingParts, loaders: tuple, device: torch.device,
+def make_trainer(cfg: Config, task: Task, parts: TrainingParts, loaders: tuple, device: torch.device,
                  run: Optional[RunFolder], state: TrainState, meta: dict) -> Trainer:
     """The Trainer, with the model wrapped for DDP and torch.compile as configured."""
     import torch
 
-    from train import Trainer
+    from train.trainer import Trainer
     from utils import dist
 
     def wrapper(net: torch.nn.Module) -> torch.nn.Module:
@@ -322,9 +323,9 @@ def run_info(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, 
     from utils.dataloader import data_fields
 
     cfg = plan.cfg
-    return {"config": dataclasses.asdict(cfg),
+    return {"format": RUN_FORMAT, "config": dataclasses.asdict(cfg),
             "parent": {"id": plan.parent["id"], "epoch": state.epoch, "step": state.step} if plan.parent else None,
-            "init_from": plan.init["id"] if plan.init else None, "task": cfg.task,
+            "init_from": plan.init["id"] if plan.init else None, "task": cfg.task, "modes": plan.task.modes,
             "model": "+".join(plan.task.model_names(cfg)), "epochs": cfg.epochs,
             "name": cfg.name, "tags": cfg.tags, "notes": cfg.notes, "changed": plan.changed,
             "epochs_done": state.epoch, "steps_done": state.global_step,
@@ -364,6 +365,7 @@ def fit_and_finish(trainer: Trainer, run: Optional[RunFolder], cfg: Config) -> i
 def finish(run: RunFolder, trainer: Trainer, cfg: Config, final: dict) -> None:
     """Write the final weights (the EMA when on) and the curves, then mark the run finished."""
     from train.checkpoint import write_weights
+    from train.trainer import recorded
     from utils.plots import plot_curves
 
     fault_point("weights")
@@ -372,7 +374,7 @@ def finish(run: RunFolder, trainer: Trainer, cfg: Config, final: dict) -> None:
     plot_curves(trainer.history, run.folder / "curves.png", title=f"run {run.id} ({run.info['model']})")
     run.log(f"finished run {run.id}: {trainer.task.summary(final)}; weights in experiments/{run.id}/model.safetensors")
     fault_point("final")
-    run.finish(weights, metrics={k: final[k] for k in trainer.task.metrics if k in final})
+    run.finish(weights, metrics=recorded(final))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from infer.export import export_model  # noqa: E402
+
 from infer.onnx_backend import OnnxModel  # noqa: E402
 from model import model_dict  # noqa: E402
 

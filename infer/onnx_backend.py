@@ -1,7 +1,7 @@
 """Serving a run's ONNX export with onnxruntime on CPU (backend=onnxruntime), behind the same
 model-like callable as a torch model, so evaluation, prediction and --compare stay shared.
 
-A run's export lives in experiments/<id>/export/ (written by infer/export.py): export.json
+A run's export lives in experiments/<id>/export/ (written by a task's export, e.g. tasks/classify/export.py): export.json
 records every file's sha256, and a model is checked against it before it is loaded.
 """
 import dataclasses
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from infer.runs import LoadedRun, load_run
+from infer.runs import LoadedRun
 from train.device import resolve_device
 from utils.config import Config
 from utils.errors import RunFailure, UsageError
@@ -22,6 +22,15 @@ ONNX_FILE = "model.onnx"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 INSTALL = "pip install -r requirements-export.txt"
 BACKENDS = {"torch": "", "onnxruntime": "@onnx"}  # backend -> suffix of a run spec in --compare
+
+
+def require_onnx() -> None:
+    """Exit 2 naming the install command when onnx, onnxscript or onnxruntime is missing."""
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            raise UsageError(f"--export onnx needs {name}, which is not installed; {INSTALL}") from None
 
 
 def onnxruntime():
@@ -77,12 +86,12 @@ class OnnxModel(torch.nn.Module):
         return torch.from_numpy(logits).to(x.device)
 
 
-def with_backend(run: dict, device: torch.device, weights: str, backend: str) -> LoadedRun:
-    """load_run, with the model served by `backend`: torch (eager) or onnxruntime (the run's
-    checked export/model.onnx, made from the same weights)."""
-    loaded = load_run(run, device, weights)
+def with_backend(loaded: LoadedRun, backend: str) -> LoadedRun:
+    """A loaded run with its model served by `backend`: torch (eager, as loaded) or onnxruntime
+    (the run's checked export/model.onnx, made from the same weights)."""
     if backend == "torch":
         return loaded
+    run, weights = loaded.run, loaded.weights
     meta = read_export(loaded.folder, run["id"])
     sha = (run["best"]["weights"] if weights == "best" else run["weights"])["sha256"]
     if meta.get("weights_sha256") != sha:

@@ -6,13 +6,14 @@ from typing import Optional
 
 import torch
 
-from train import evaluate
-from train.build import build_model, load_weights
+from train.build import load_weights
 from train.device import AMP_DTYPES
+from train.task import Task
 from utils.config import Config, read_yaml, saved_config
-from utils.dataloader import Data, DataInfo, EvalBatchSampler, build_data, info_from_run, make_loader
+from utils.dataloader import Data, DataInfo, build_data, info_from_run
 from utils.errors import RunFailure, UsageError
 from utils.runstore import BEST_FILE, EXPERIMENTS, children_of, find_run, list_runs
+from utils.upgrade import run_format
 
 
 def is_finished(run: dict) -> bool:
@@ -57,22 +58,27 @@ class LoadedRun:
         return (self.run.get("best") or {}).get("metrics", {}) if self.weights == "best" else self.run.get("metrics") or {}
 
 
-def load_run(run: dict, device: torch.device, weights: str = "final", build=build_model) -> LoadedRun:
-    """Rebuild a run's model from its folder alone (config.yaml and model.safetensors, or
+def run_config(run: dict, task: Task) -> Config:
+    """A run's config.yaml as its task's config, upgraded from the run's format."""
+    try:
+        return saved_config(read_yaml(EXPERIMENTS / run["id"] / "config.yaml"), {task.name: task.config}, run_format(run))
+    except UsageError as e:
+        raise RunFailure(f"run {run['id']}: its config.yaml is unusable ({e})") from None
+
+
+def load_run(run: dict, device: torch.device, task: Task, weights: str = "final") -> LoadedRun:
+    """Rebuild a run of `task` from its folder alone (config.yaml and model.safetensors, or
     best.safetensors for weights='best', checked against run.json's size and sha256), in eval
-    mode on `device`. `build(cfg, info)` makes the model (a task's build_model; a classifier's by default)."""
+    mode on `device`."""
     folder = EXPERIMENTS / run["id"]
     file, recorded = "model.safetensors", run.get("weights")
     if weights == "best":
         if not run.get("best"):
             raise UsageError(f"weights: run {run['id']} has no best weights (it predates them); use weights=final")
         file, recorded = BEST_FILE, run["best"]["weights"]
-    try:
-        cfg = saved_config(read_yaml(folder / "config.yaml"))
-    except UsageError as e:
-        raise RunFailure(f"run {run['id']}: its config.yaml is unusable ({e})") from None
+    cfg = run_config(run, task)
     info = info_from_run(run)
-    model = build(dataclasses.replace(cfg, pretrained=False), info)  # weights come from the run
+    model = task.rebuild_model(cfg, info)
     load_weights(model, folder / file, recorded or {"sha256": "", "size": -1})
     return LoadedRun(run, cfg, info, model.to(device).eval(), folder, weights)
 
@@ -95,23 +101,6 @@ def checked_data(loaded: LoadedRun) -> Data:
         raise RunFailure(f"the validation split of run {loaded.run['id']} cannot be rebuilt: the data changed since "
                          "training (validation hash differs); restore the data or evaluate with --input")
     return data
-
-
-def evaluate_split(loaded: LoadedRun, device: torch.device) -> dict:
-    """evaluate() on the run's validation split, rebuilt from its config and checked against run.json;
-    adds the sample ids."""
-    data = checked_data(loaded)
-    batch = loaded.cfg.batch_size // loaded.cfg.grad_accum_steps
-    loader = make_loader(data.val, EvalBatchSampler(len(data.val), batch), 0, device.type == "cuda")
-    out = evaluate(loaded.model, loader, device, amp_dtype(loaded.cfg, device), loaded.cfg.channels_last == "true")
-    out["ids"] = data.val_ids
-    return out
-
-
-def per_class_accuracy(pred: torch.Tensor, target: torch.Tensor, n: int) -> list[Optional[float]]:
-    correct = torch.bincount(target[pred == target], minlength=n)
-    total = torch.bincount(target, minlength=n)
-    return [float(c) / float(t) if t else None for c, t in zip(correct, total)]
 
 
 def inference_dir(loaded: LoadedRun) -> Path:

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from infer.export import FILES, export_model
 from PIL import Image
 
-from infer.export import FILES, export_model
 from infer.onnx_backend import checked_file, read_export
 from tests.conftest import ROOT, copy_project, make_image_folder
 from utils.dataloader import DataInfo, load_image
@@ -245,6 +245,7 @@ def test_a_damaged_export_is_refused_and_a_failed_parity_keeps_the_old_one(expor
     folder = export_dir(project, run_id)
     kept = {p.name: p.read_bytes() for p in folder.iterdir()}
     import infer.export
+
     import infer.runs
 
     monkeypatch.setattr(infer.runs, "EXPERIMENTS", project.experiments)

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from infer.gan import class_shares, frechet
+
 from tasks.wgan_gp import latent, my_share, stream
 from utils.config import build_config
 

@@ -1,5 +1,5 @@
-"""What main builds from the config and hands to the Trainer: the model (from model_dict), its
-weights, the optimizer and the learning-rate schedule."""
+"""What main builds from the config for the Trainer, the same for every task: optimizers,
+learning-rate schedules, the scaler, the EMA, weights, and what `auto` means on this machine."""
 import copy
 import dataclasses
 import hashlib
@@ -16,36 +16,20 @@ from torch import nn
 
 from model import model_dict
 from train.device import native_bf16
+from train.task import Task
 from utils.config import Config
-from utils.dataloader import DataInfo
 from utils.errors import RunFailure, UsageError
 from utils.runstore import sha256_file
 
 
-def build_model(cfg: Config, info: DataInfo) -> nn.Module:
-    """The model_dict class named by base_model, sized for the data. A model refuses what it cannot
-    build with ValueError (exit 2) and weights it cannot get with OSError (exit 1)."""
-    cls = model_dict[cfg.base_model]
-    try:
-        return cls(in_channels=info.in_channels, num_classes=len(info.class_names),
-                   image_size=info.image_size, dropout=cfg.dropout, pretrained=cfg.pretrained)
-    except ValueError as e:
-        raise UsageError(f"base_model: {e}") from None
-    except TypeError:
-        raise UsageError(f"base_model: {cfg.base_model} is not a classifier (it is a part of another task's model); "
-                         f"choose a classifier such as small_cnn, or set task") from None
-    except OSError as e:
-        raise RunFailure(str(e)) from None
-
-
-def resolve_auto(cfg: Config, device: torch.device, model: nn.Module, task) -> Config:
+def resolve_auto(cfg: Config, device: torch.device, model: nn.Module, task: Task) -> Config:
     """The config with every `auto` replaced by what it means here, as config.yaml records it (so a
     continuation repeats the same experiment): amp bf16 where the device runs it natively, else
-    none; channels_last for convolutional models; the monitor and the rest as the task says."""
+    none; channels_last (a bool from here on) for 2D convolutional models; the monitor and the
+    rest as the task says."""
     amp = ("bf16" if native_bf16(device) else "none") if cfg.amp == "auto" else cfg.amp
     convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    channels_last = ("true" if convolutional and device.type in ("cpu", "cuda") else "false") \
-        if cfg.channels_last == "auto" else cfg.channels_last
+    channels_last = convolutional and device.type in ("cpu", "cuda") if cfg.channels_last is None else cfg.channels_last
     monitor = task.default_monitor(cfg) if cfg.monitor == "auto" else cfg.monitor
     if monitor not in task.modes:
         raise UsageError(f"monitor: '{monitor}' is not a validation metric of task {cfg.task}; use auto or one of "
@@ -98,9 +82,15 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epo
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def build_scaler(cfg: Config, device: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler: on for fp16 only (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+
+
 def build_ema(cfg: Config, model: nn.Module) -> Optional[nn.Module]:
-    """A copy of the model that Trainer.optimizer_step moves towards it after every step (an
-    exponential moving average of weights and BatchNorm statistics); None when ema_decay is 0."""
+    """A copy of the model that the Trainer moves towards it after the steps of the phases that
+    move it (an exponential moving average of weights and BatchNorm statistics); None when
+    ema_decay is 0."""
     if not cfg.ema_decay:
         return None
     return copy.deepcopy(model).eval().requires_grad_(False)
@@ -141,4 +131,4 @@ def load_weights(model: nn.Module, weights: Path, recorded: dict, key: str = "")
     except RuntimeError as e:
         error = UsageError if key else RunFailure
         raise error(f"{key or 'weights'}: {weights} does not fit the model "
-                    f"({str(e).splitlines()[0]}); use the same base_model and data") from None
+                    f"({str(e).splitlines()[0]}); use the same models and data") from None

@@ -2,8 +2,9 @@
 write of the file goes through this module.
 
 A state.pt is one dict, saved with torch.save and loaded with torch.load(weights_only=True):
-the state_dicts of the training objects (TrainingParts), the run's position and running sums
-(TrainState), and the RNG states of every process.
+its format number, the state_dicts of the training objects (TrainingParts), the run's position
+and running sums (TrainState), and the RNG states of every process. Older formats are upgraded
+when read (utils/upgrade.py).
 """
 import dataclasses
 import json
@@ -20,34 +21,22 @@ from torch import nn
 from utils import dist
 from utils.errors import RunFailure
 from utils.runstore import STATE_FILE, atomic_write, sha256_file
+from utils.upgrade import STATE_FORMAT, upgrade_state
 
 
 @dataclass
 class TrainingParts:
-    """The objects whose state_dicts state.pt holds; main builds them (through the task), the Trainer
-    and the task step them. A task with several optimizers (a GAN: generator and critic) names each."""
+    """The objects whose state_dicts state.pt holds; main builds them (through the task), the
+    Trainer steps them. Optimizers and schedules are named, each schedule after its optimizer."""
     model: nn.Module                      # unwrapped (not DDP, not compiled): what is saved
     optimizers: dict                      # name -> torch.optim.Optimizer ("model" for a single one)
-    schedulers: dict                      # name -> LRScheduler, stepped with its optimizer
+    schedulers: dict                      # name -> LRScheduler, stepped with the optimizer of its name
     scaler: torch.amp.GradScaler
     ema: Optional[nn.Module] = None       # the moving average of the model (ema_decay > 0)
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        """The first optimizer: its lr is the one metrics.csv reports."""
-        return next(iter(self.optimizers.values()))
-
-    @property
-    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        return next(iter(self.schedulers.values()))
 
     def eval_model(self) -> nn.Module:
         """The weights that are evaluated and saved as final: the EMA when there is one."""
         return self.ema if self.ema is not None else self.model
-
-
-def zero() -> torch.Tensor:
-    return torch.zeros(())
 
 
 @dataclass
@@ -56,48 +45,51 @@ class TrainState:
     epoch: int = 0                        # the epoch in progress, 0-based
     step: int = 0                         # optimizer steps done in that epoch
     global_step: int = 0                  # optimizer steps done in the whole lineage
-    # The task's running sums of the epoch (0-d tensors; "loss_sum", the sum of per-sample training
-    # losses, is what the NaN check reads). Classification: loss_sum, correct, grad_norm_sum.
-    sums: dict = field(default_factory=lambda: {"loss_sum": zero()})
-    count: int = 0                        # training samples seen in the epoch (this process)
+    # The epoch's training metrics so far (this process): per metric, the sum over its samples (a
+    # 0-d float tensor) and how many there were (0-d int64). On the device: added without a host sync.
+    sums: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
     seconds: float = 0.0                  # training time of the epoch so far
     history: list = field(default_factory=list)  # one metrics row per finished epoch, lineage included
 
     def to(self, device: torch.device) -> "TrainState":
-        """The running sums on `device`, where the loop adds to them without a host sync."""
-        return dataclasses.replace(self, sums={k: v.to(device) for k, v in self.sums.items()})
+        return dataclasses.replace(self, sums={k: v.to(device) for k, v in self.sums.items()},
+                                   counts={k: v.to(device) for k, v in self.counts.items()})
+
+    def add(self, metrics: dict, count: int) -> None:
+        """Add a micro-batch's metrics (means over `count` samples) to the epoch's sums."""
+        for name, value in metrics.items():
+            if name not in self.sums:
+                self.sums[name] = torch.zeros((), device=value.device)
+                self.counts[name] = torch.zeros((), dtype=torch.int64, device=value.device)
+            self.sums[name] += value.detach().float() * count  # no .item(): no host sync per step
+            self.counts[name] += count
 
     def next_epoch(self) -> None:
-        """Move to the start of the next epoch with empty sums."""
+        """Move to the start of the next epoch with empty sums (the metric names stay, in order)."""
         self.epoch, self.step = self.epoch + 1, 0
-        for t in self.sums.values():
+        for t in [*self.sums.values(), *self.counts.values()]:
             t.zero_()
-        self.count, self.seconds = 0, 0.0
+        self.seconds = 0.0
 
 
 # ---------------------------------------------------------------- saving
 def state_dict(state: TrainState, parts: TrainingParts) -> dict:
     """The dict state.pt holds. Under DDP every process must call it: it gathers their RNG states."""
     return {
+        "format": STATE_FORMAT,
         "model": parts.model.state_dict(),
-        **optimizer_states(parts),
+        "optimizers": {k: o.state_dict() for k, o in parts.optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in parts.schedulers.items()},
         "scaler": parts.scaler.state_dict(),
         **({"ema": parts.ema.state_dict()} if parts.ema is not None else {}),
         "epoch": state.epoch, "step": state.step, "global_step": state.global_step,
-        "sums": {**{k: v.detach().cpu() for k, v in state.sums.items()}, "count": state.count, "seconds": state.seconds},
+        "sums": {"metrics": {k: v.detach().cpu() for k, v in state.sums.items()},
+                 "counts": {k: v.detach().cpu() for k, v in state.counts.items()}, "seconds": state.seconds},
         "history": state.history,
         "world_size": dist.world_size(),
         "rng": dist.gather_objects(capture_rng()),  # one entry per process
     }
-
-
-def optimizer_states(parts: TrainingParts) -> dict:
-    """One optimizer (a classifier): the keys "optimizer" and "scheduler", as state.pt always had;
-    several (a GAN): "optimizers" and "schedulers", each a dict by name."""
-    if list(parts.optimizers) == ["model"]:
-        return {"optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict()}
-    return {"optimizers": {k: o.state_dict() for k, o in parts.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in parts.schedulers.items()}}
 
 
 def write_state(folder: Path, checkpoint: dict) -> None:
@@ -136,12 +128,11 @@ def read_state(path: Path) -> dict:
 def load_state_dict(checkpoint: dict, parts: TrainingParts) -> tuple[TrainState, list[str]]:
     """Put a state.pt's contents back into the objects and the RNGs; returns where the run
     continues, and warnings for what may keep it from being exact."""
+    checkpoint = upgrade_state(checkpoint)
     parts.model.load_state_dict(checkpoint["model"])
-    optimizers = checkpoint.get("optimizers", {"model": checkpoint.get("optimizer")})
-    schedulers = checkpoint.get("schedulers", {"model": checkpoint.get("scheduler")})
     for name, optimizer in parts.optimizers.items():
-        optimizer.load_state_dict(optimizers[name])  # moves the state beside the parameters
-        parts.schedulers[name].load_state_dict(schedulers[name])
+        optimizer.load_state_dict(checkpoint["optimizers"][name])  # moves the state beside the parameters
+        parts.schedulers[name].load_state_dict(checkpoint["schedulers"][name])
     parts.scaler.load_state_dict(checkpoint["scaler"])
     if parts.ema is not None and "ema" in checkpoint:
         parts.ema.load_state_dict(checkpoint["ema"])
@@ -151,10 +142,10 @@ def load_state_dict(checkpoint: dict, parts: TrainingParts) -> tuple[TrainState,
         notes.append(f"warning: the parent ran on {len(rngs)} process(es), this run on {dist.world_size()}; "
                      "exact continuation needs the same number")
     restore_rng(rngs[dist.rank() % len(rngs)])
-    sums = dict(checkpoint["sums"])
-    count, seconds = sums.pop("count"), sums.pop("seconds")
+    sums = checkpoint["sums"]
+    counts = {k: torch.as_tensor(v, dtype=torch.int64) for k, v in sums["counts"].items()}
     state = TrainState(epoch=checkpoint["epoch"], step=checkpoint["step"], global_step=checkpoint["global_step"],
-                       sums=sums, count=count, seconds=seconds, history=checkpoint["history"])
+                       sums=dict(sums["metrics"]), counts=counts, seconds=sums["seconds"], history=checkpoint["history"])
     return state, notes
 
 

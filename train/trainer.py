@@ -1,4 +1,10 @@
-"""The Trainer: one class that runs the epochs, and evaluate(), which inference shares."""
+"""The Trainer: runs the epochs of a run and owns every training step.
+
+A step is the same for every task: for each phase the task declares (train/task.py) that is due,
+the phase's loss on each micro-batch under autocast (DDP's no_sync until the last), the scaled
+backward, then clipping, the optimizer and schedule steps, zero_grad and the EMA. The task
+returns losses and metrics and reads nothing of the Trainer's state.
+"""
 import contextlib
 import math
 import signal
@@ -7,16 +13,17 @@ import time
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from train import checkpoint
+from train.build import ema_update
 from train.checkpoint import TrainingParts, TrainState
 from train.device import AMP_DTYPES
+from train.task import Batch, Phase, Task
 from utils import dist
 from utils.config import Config
-from utils.errors import Interrupted, RunFailure, fault_point
+from utils.errors import Interrupted, RunFailure, fault_nan, fault_point
 from utils.runstore import BEST_FILE, RunFolder
 
 
@@ -28,58 +35,49 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> tor
     return x.to(device, non_blocking=True)
 
 
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-             channels_last: bool = False) -> dict:
-    """Loss and predictions of `model` over `loader` (this process's share).
-
-    Returns loss_sum and count (0-d tensors on device) and pred, confidence, target (CPU)."""
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    preds, confs, targets = [], [], []
-    for x, y in loader:
-        x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
-        logits = logits.float()  # (B, classes)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        conf, pred = logits.softmax(1).max(1)
-        preds.append(pred)
-        confs.append(conf)
-        targets.append(y)
-    cat = (lambda ts: torch.cat(ts).cpu()) if preds else (lambda ts: torch.zeros(0))
-    return {"loss_sum": loss_sum, "count": torch.tensor(sum(len(t) for t in targets), device=device),
-            "pred": cat(preds), "confidence": cat(confs), "target": cat(targets)}
-
-
 def best_epoch(history: list[dict], monitor: str, mode: str = "max") -> int:
     """The epoch number of the best row (highest `monitor` for mode max, lowest for min), the earliest on ties."""
     sign = -1 if mode == "min" else 1
     return max(history, key=lambda r: (sign * r[monitor], -r["epoch"]))["epoch"]
 
 
+def recorded(row: dict) -> dict:
+    """The metrics of an epoch row that run.json keeps: all but the epoch, the time and the learning rates."""
+    return {k: v for k, v in row.items() if k not in ("epoch", "seconds") and not k.startswith("lr")}
+
+
+def in_model_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    """The optimizer's parameters in the model's order (the order clipping sums their norms in)."""
+    mine = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return [p for p in model.parameters() if id(p) in mine]
+
+
 class Trainer:
     """Runs epochs [state.epoch, cfg.epochs) of one run: train, validate, save, log.
 
-    Everything it uses is built by train.py and passed in. What is specific to the task (the
-    step, its running sums, the validation metrics) is the task's (tasks/); the Trainer keeps
-    the rest the same for every task: the epochs, accumulation, saving, resuming, signals, NaNs.
-    The position and running sums live in `self.state` (a TrainState), so that a save at any
-    step boundary continues exactly.
+    Everything it uses is built by train.py and passed in. The position and running sums live in
+    `self.state` (a TrainState), so that a save at any step boundary continues exactly.
     """
 
-    def __init__(self, *, cfg: Config, task, parts: TrainingParts, net: nn.Module, train_loader, val_loader,
+    def __init__(self, *, cfg: Config, task: Task, parts: TrainingParts, net: nn.Module, train_loader, val_loader,
                  device: torch.device, run: Optional[RunFolder], state: TrainState, weights_meta: dict, tb=None):
         self.cfg, self.task, self.parts, self.device, self.run = cfg, task, parts, device, run
         self.net = net  # parts.model, wrapped by DDP and/or torch.compile: what the loop calls
         self.train_loader, self.val_loader = train_loader, val_loader
         self.sampler = train_loader.batch_sampler
+        self.phases = task.phases(cfg)
         self.amp_dtype = AMP_DTYPES[cfg.amp]
-        self.channels_last = cfg.channels_last == "true"
+        self.channels_last = bool(cfg.channels_last)
+        self.micro_size = cfg.batch_size // (cfg.grad_accum_steps * dist.world_size())  # samples a process takes per micro-batch
         self.state = state.to(device)
         self.weights_meta = weights_meta  # what model.safetensors and best.safetensors say about the model
         self.tb = tb  # a TensorBoard SummaryWriter, or None
         self.stop_signal = 0  # 130 or 143 once Ctrl-C or SIGTERM asked to stop
+        self.ddp = [m for m in net.modules() if isinstance(m, nn.parallel.DistributedDataParallel)]
+        self.clipped = {name: in_model_order(parts.model, o) for name, o in parts.optimizers.items()}
+        several = len(parts.optimizers) > 1
+        self.norm_names = {name: f"grad_norm_{name}" if several else "grad_norm" for name in parts.optimizers}
+        self.losses, self.loss_calls = torch.zeros((), device=device), 0  # this epoch's losses, for the NaN check
 
     @property
     def history(self) -> list[dict]:
@@ -97,9 +95,8 @@ class Trainer:
             while self.state.epoch < self.cfg.epochs:
                 train = self.train_epoch()  # adds its time to state.seconds
                 t0 = time.perf_counter()
-                val = self.task.validate(self)
-                row = {"epoch": self.state.epoch + 1, **train, **val,
-                       "lr": self.parts.optimizer.param_groups[0]["lr"],
+                val = self.validate_epoch()
+                row = {"epoch": self.state.epoch + 1, **train, **val, **self.learning_rates(),
                        "seconds": round(self.state.seconds + time.perf_counter() - t0, 3)}
                 self.state.history.append(row)
                 self.state.next_epoch()
@@ -112,25 +109,25 @@ class Trainer:
         return self.state.history[-1]
 
     def train_epoch(self) -> dict:
-        """The rest of epoch state.epoch from step state.step; returns the task's training metrics."""
+        """The rest of epoch state.epoch from step state.step; returns its training metrics."""
         s, accum = self.state, self.cfg.grad_accum_steps
         self.sampler.set_epoch(s.epoch, s.step)
         self.net.train()
-        t0 = time.perf_counter()
-        bar = self._progress_bar()
-        for i, (x, y) in enumerate(self.train_loader):
-            last = (i + 1) % accum == 0  # this micro-batch completes an optimizer step
-            self.task.forward_backward(self, x, y, accum, sync=last)
-            if not last:
+        self.losses.zero_()
+        self.loss_calls = 0
+        t0, bar, micro = time.perf_counter(), self._progress_bar(), []
+        for x, y in self.train_loader:
+            micro.append((x, y))
+            if len(micro) < accum:
                 continue
-            self.task.optimizer_step(self)
-            s.step += 1
-            s.global_step += 1
+            self.train_step(micro)
+            micro = []
+            s.step, s.global_step = s.step + 1, s.global_step + 1
             bar.update()
             if s.step % 10 == 0:  # a NaN is caught within 10 steps, at one host sync per 10
                 loss_so_far = self._check_finite()
                 if not bar.disable:
-                    bar.set_postfix(loss=f"{loss_so_far / s.count:.4f}")
+                    bar.set_postfix(loss=f"{loss_so_far / max(1, self.loss_calls):.4f}")
             fault_point("step")
             s.seconds, t0 = s.seconds + time.perf_counter() - t0, time.perf_counter()
             if self._stop_requested():
@@ -142,8 +139,85 @@ class Trainer:
         bar.close()
         s.seconds += time.perf_counter() - t0
         self._check_finite()
-        count = int(dist.all_reduce_sum(torch.tensor(s.count, device=self.device)))
-        return self.task.train_row(self, count)
+        return self.epoch_metrics()
+
+    # ------------------------------------------------------------ one optimizer step
+    def train_step(self, micro: list[tuple]) -> None:
+        """One optimizer step: every phase that is due runs its loss on each micro-batch of the
+        step (summing gradients), then steps its optimizer."""
+        for phase in self.phases:
+            if (self.state.global_step + 1) % phase.every:
+                continue
+            for index, (x, y) in enumerate(micro):
+                self.backward(phase, self.batch(phase, x, y, index), last=index == len(micro) - 1)
+            self.optimizer_step(phase)
+
+    def batch(self, phase: Phase, x: torch.Tensor, y: torch.Tensor, index: int) -> Batch:
+        """What the phase's loss gets: the micro-batch on the device, or only its place for a phase without data."""
+        if not phase.uses_data:
+            return Batch(None, None, self.micro_size, index, self.state.global_step)
+        return Batch(to_device(x, self.device, self.channels_last), y.to(self.device, non_blocking=True), len(x), index,
+                     self.state.global_step)
+
+    def backward(self, phase: Phase, batch: Batch, last: bool) -> None:
+        """The phase's loss on one micro-batch under autocast, and its scaled backward; DDP
+        all-reduces the gradients only on the micro-batch that completes the step."""
+        accum = self.cfg.grad_accum_steps
+        with self._no_sync(not last):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss, metrics = phase.loss(self.net, batch)
+            if fault_nan():
+                loss = loss * float("nan")
+            self.parts.scaler.scale(loss / accum if accum > 1 else loss).backward()
+        self.state.add(metrics, batch.size)
+        self.losses += loss.detach().float()  # no .item(): no host sync per step
+        self.loss_calls += 1
+
+    def optimizer_step(self, phase: Phase) -> None:
+        """Clip (if on), step the phase's optimizer and schedule, clear every gradient, move the EMA."""
+        p, cfg = self.parts, self.cfg
+        optimizer = p.optimizers[phase.optimizer]
+        if cfg.grad_clip:
+            p.scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+            norm = torch.nn.utils.clip_grad_norm_(self.clipped[phase.optimizer], cfg.grad_clip)
+            self.state.add({self.norm_names[phase.optimizer]: norm}, 1)  # the mean norm before clipping, per step
+        p.scaler.step(optimizer)
+        p.scaler.update()
+        for each in p.optimizers.values():  # gradients another phase's loss left on these parameters are not used
+            each.zero_grad(set_to_none=True)
+        p.schedulers[phase.optimizer].step()
+        if p.ema is not None and phase.moves_ema:  # the decay warms up (as timm's), so early epochs' EMA is not mostly the initial weights
+            done = (self.state.global_step + 1) // phase.every  # the phase's steps, this one included
+            ema_update(p.ema, p.model, min(cfg.ema_decay, (1 + done) / (10 + done)))
+
+    @contextlib.contextmanager
+    def _no_sync(self, skip: bool):
+        """DDP's no_sync on every DDP-wrapped model when `skip`: gradients accumulate locally."""
+        with contextlib.ExitStack() as stack:
+            for module in self.ddp if skip else []:
+                stack.enter_context(module.no_sync())
+            yield
+
+    # ------------------------------------------------------------ the epoch's figures
+    def epoch_metrics(self) -> dict:
+        """The epoch's training metrics: each summed over its samples on every process, divided by their number."""
+        s = self.state
+        return {k: float(dist.all_reduce_sum(s.sums[k].clone())) / max(1, int(dist.all_reduce_sum(s.counts[k].clone())))
+                for k in s.sums}
+
+    def validate_epoch(self) -> dict:
+        """The task's validation metrics of the EMA weights when on, else of the model."""
+        model = self.parts.ema if self.parts.ema is not None else self.net
+        model.eval()
+        with torch.no_grad():
+            return self.task.validate_epoch(self.cfg, model, self.val_loader, self.device)
+
+    def learning_rates(self) -> dict:
+        """The learning rate of every optimizer: `lr` for one, `lr_<name>` for several."""
+        optimizers = self.parts.optimizers
+        if len(optimizers) == 1:
+            return {"lr": next(iter(optimizers.values())).param_groups[0]["lr"]}
+        return {f"lr_{name}": o.param_groups[0]["lr"] for name, o in optimizers.items()}
 
     # ------------------------------------------------------------ saving and reporting
     def save_state(self) -> None:
@@ -157,7 +231,7 @@ class Trainer:
         last = self.state.history[-1] if self.state.history else {}
         self.run.write_info(epochs_done=self.state.epoch, steps_done=self.state.global_step,
                             state={"epoch": self.state.epoch, "step": self.state.step},
-                            metrics={k: last[k] for k in self.task.metrics if k in last})
+                            metrics=recorded(last))
 
     def save_best(self, row: dict) -> None:
         """best.safetensors: the evaluated weights of the best epoch so far (rank 0 writes)."""
@@ -165,7 +239,7 @@ class Trainer:
             return
         weights = checkpoint.write_weights(self.run.folder / BEST_FILE, self.parts.eval_model(), self.weights_meta)
         self.run.write_info(best={"epoch": row["epoch"], "monitor": self.cfg.monitor, "mode": self.mode,
-                                  "metrics": {k: row[k] for k in self.task.metrics if k in row}, "weights": weights})
+                                  "metrics": recorded(row), "weights": weights})
 
     def _stop_early(self) -> bool:
         """Whether `monitor` has not improved for early_stop_patience epochs; records why in run.json."""
@@ -188,7 +262,7 @@ class Trainer:
                 self.tb.add_scalar(key, value, row["epoch"])
             self.tb.flush()
         if self.run is not None:
-            shown = [f"{k} {v:.2e}" if k == "lr" else f"{k} {v:.4f}" for k, v in scalars.items() if not k.startswith("train_acc")]
+            shown = [f"{k} {v:.2e}" if k.startswith("lr") else f"{k} {v:.4f}" for k, v in scalars.items()]
             self.run.log(f"epoch {row['epoch']}/{self.cfg.epochs}  " + "  ".join(shown) + f"  {row['seconds']:.1f}s")
 
     def _progress_bar(self) -> tqdm:
@@ -199,8 +273,8 @@ class Trainer:
 
     # ------------------------------------------------------------ stopping
     def _check_finite(self) -> float:
-        """The epoch's loss sum so far; a NaN or infinity stops the run (marked failed)."""
-        loss_sum = float(self.state.sums["loss_sum"])
+        """The sum of the epoch's losses so far; a NaN or infinity stops the run (marked failed)."""
+        loss_sum = float(self.losses)
         if not math.isfinite(loss_sum):
             raise RunFailure(f"the training loss became {loss_sum} in epoch {self.state.epoch + 1} near step "
                              f"{self.state.step}; lower lr (now {self.cfg.lr}) or check the data. The run is marked failed")

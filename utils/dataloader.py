@@ -30,7 +30,6 @@ from utils.errors import UsageError
 from utils.named_datasets import NAMES, load_named
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 # ---------------------------------------------------------------- sources
@@ -135,9 +134,8 @@ def load_image(path, info: DataInfo) -> torch.Tensor:
     return normalise(to_unit(decode_image(path, info)), info)
 
 
-def _mean_std(cfg: Config, channels: int) -> tuple:
-    if cfg.pretrained and channels == 3:
-        return IMAGENET_MEAN_STD
+def _mean_std(channels: int) -> tuple:
+    """Normalisation to [-1, 1]; a task may set others (prepare_data)."""
     return (0.5,) * channels, (0.5,) * channels
 
 
@@ -155,7 +153,7 @@ def _digits(cfg: Config) -> tuple[TensorSource, DataInfo]:
         d = load_digits()
         pixels, target = d.data.astype(np.float32), d.target.astype(np.int64)
     size = cfg.image_size or 8
-    info = DataInfo([str(i) for i in range(10)], 1, size, *_mean_std(cfg, 1))
+    info = DataInfo([str(i) for i in range(10)], 1, size, *_mean_std(1))
     x = torch.from_numpy(pixels).view(-1, 1, 8, 8) / 16.0  # ink is bright, in [0, 1]
     if size != 8:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -167,7 +165,7 @@ def _fake(cfg: Config) -> tuple[TensorSource, DataInfo]:
     from torchvision.datasets import FakeData
 
     size = cfg.image_size or 32
-    info = DataInfo([f"class_{i}" for i in range(10)], 3, size, *_mean_std(cfg, 3))
+    info = DataInfo([f"class_{i}" for i in range(10)], 3, size, *_mean_std(3))
     fake = FakeData(size=cfg.fake_size, image_size=(3, size, size), num_classes=10, random_offset=cfg.split_seed)
     xs, ys = [], []
     for i in range(len(fake)):
@@ -250,7 +248,7 @@ def build_data(cfg: Config) -> Data:
         if (root / "train").is_dir() and (root / "val").is_dir():
             return _folder_with_val(cfg, root)
         classes, samples = folder_samples(root)
-        info = DataInfo(classes, 3, cfg.image_size or median_side([p for p, _ in samples]), *_mean_std(cfg, 3))
+        info = DataInfo(classes, 3, cfg.image_size or median_side([p for p, _ in samples]), *_mean_std(3))
         source = cached(FileSource(samples, info, [str(Path(p).relative_to(root)) for p, _ in samples]), cfg.cache_mb)
     elif cfg.dataset == "fake":
         source, info = _fake(cfg)
@@ -276,7 +274,7 @@ def _folder_with_val(cfg: Config, root: Path) -> Data:
     if val_classes != classes:
         raise UsageError(f"data_dir: {root}/val has classes {val_classes}, train/ has {classes}; make them equal")
     size = cfg.image_size or median_side([p for p, _ in train_samples])
-    info = DataInfo(classes, 3, size, *_mean_std(cfg, 3))
+    info = DataInfo(classes, 3, size, *_mean_std(3))
     rel = [str(Path(p).relative_to(root)) for p, _ in train_samples + val_samples]
     train_src = cached(FileSource(train_samples, info, rel[:len(train_samples)]), cfg.cache_mb)
     val_src = cached(FileSource(val_samples, info, rel[len(train_samples):]), cfg.cache_mb)
@@ -289,7 +287,7 @@ def _named(cfg: Config) -> Data:
     d = load_named(cfg.dataset, cfg.data_dir, cfg.download)
     size = cfg.image_size or d.train_x.shape[-1]
     train_x, test_x = (_resized(x, size) for x in (d.train_x, d.test_x))
-    info = DataInfo(list(d.classes), train_x.shape[1], size, *_mean_std(cfg, train_x.shape[1]))
+    info = DataInfo(list(d.classes), train_x.shape[1], size, *_mean_std(train_x.shape[1]))
     train = TensorSource(train_x, d.train_y, [f"train/{i}" for i in range(len(d.train_y))])
     val = TensorSource(test_x, d.test_y, [f"test/{i}" for i in range(len(d.test_y))])
     return Data(_whole(train, info), _whole(val, info), info, _hash_ids(cfg.dataset, val.ids), train.ids, val.ids,

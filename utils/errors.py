@@ -54,15 +54,28 @@ def fault_point(name: str) -> None:
     """TEMPLATE_FAULT=<name>[:<n>[:enospc]] makes the process SIGKILL itself (or, with enospc,
     fail a write with 'No space left on device') the n-th time (default the first) it reaches
     the named point. The crash-safety tests use it; unset, it costs one dict lookup."""
+    parts = _hit(name)
+    if parts is None:
+        return
+    if len(parts) > 2 and parts[2] == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"<fault point {name}>")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_nan() -> bool:
+    """TEMPLATE_FAULT=nan[:<n>]: True the n-th time a training loss is computed, which the Trainer
+    then makes NaN (the NaN test of every task)."""
+    return _hit("nan") is not None
+
+
+def _hit(name: str):
+    """The fault spec's parts when this is the n-th time `name` is reached, else None."""
     spec = os.environ.get("TEMPLATE_FAULT")
     if not spec or spec.split(":")[0] != name:
-        return
+        return None
     parts = spec.split(":")
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] == int(parts[1] if len(parts) > 1 else 1):
-        if len(parts) > 2 and parts[2] == "enospc":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"<fault point {name}>")
-        os.kill(os.getpid(), signal.SIGKILL)
+    return parts if _hits[name] == int(parts[1] if len(parts) > 1 else 1) else None
 
 
 _hits: dict = {}

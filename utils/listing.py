@@ -5,7 +5,7 @@ import datetime
 import json
 from typing import Any, Optional
 
-from utils.config import DEFAULTS, KEYS, LABEL_KEYS, changed_keys, convert, suggest
+from utils.config import LABEL_KEYS, Config, convert, defaults_of, every_key, fields_of, parse_override, suggest
 from utils.errors import UsageError
 from utils.runstore import list_runs, shown_run
 
@@ -15,22 +15,24 @@ FIELDS = ("status", "name", "tag", "model", "parent")
 COLUMNS = ("best", "id", "name", "status", "model", "epochs", "duration", "params")  # --sort also takes metrics, config keys
 
 
-def list_command(words: list[str], sort: Optional[str] = None, as_json: bool = False) -> int:
-    """python train.py --list [KEY=VALUE ...] [--sort KEY] [--json]: print the runs that match."""
-    filters = parse_filters(words)
+def list_command(words: list[str], sort: Optional[str], as_json: bool, configs: dict[str, type]) -> int:
+    """python train.py --list [KEY=VALUE ...] [--sort KEY] [--json]: print the runs that match.
+    `configs` are the tasks' config classes: the config keys runs can be filtered and sorted by."""
+    filters = parse_filters(words, configs)
     runs = list_runs()
     metrics = list(dict.fromkeys(k for r in runs for k in (r.get("metrics") or {})))  # every task's, as recorded
-    if sort is not None and sort not in COLUMNS and sort not in DEFAULTS and sort not in metrics:
-        raise UsageError(f"--sort: '{sort}' is not a column{suggest(sort, [*metrics, *COLUMNS, *KEYS])}; "
+    keys = every_key(configs)
+    if sort is not None and sort not in COLUMNS and sort not in keys and sort not in metrics:
+        raise UsageError(f"--sort: '{sort}' is not a column{suggest(sort, [*metrics, *COLUMNS, *keys])}; "
                          f"use one of {', '.join([*metrics, *COLUMNS])} or a config key")
     runs = [r for r in runs if matches(r, filters)]
     if sort is not None:
-        runs = sort_runs(runs, sort)
+        runs = sort_runs(runs, sort, keys)
     print(json.dumps([summary(r) for r in runs], indent=1) if as_json else format_table(runs))
     return 0
 
 
-def parse_filters(words: list[str]) -> list[tuple[str, Any]]:
+def parse_filters(words: list[str], configs: dict[str, type]) -> list[tuple[str, Any]]:
     """KEY=VALUE words -> (key, value); every key and value checked before anything is listed."""
     filters = []
     for word in words:
@@ -41,19 +43,18 @@ def parse_filters(words: list[str]) -> list[tuple[str, Any]]:
             raise UsageError(f"--list: status '{value}' is not one of {' | '.join(STATUSES)}{suggest(value, list(STATUSES))}")
         if key in FIELDS:
             filters.append((key, value))
-        elif key in DEFAULTS and key not in LABEL_KEYS:
-            filters.append((key, config_value(key, value)))
+        elif key in every_key(configs) and key not in LABEL_KEYS:
+            filters.append((key, config_value(key, value, configs)))
         else:
-            raise UsageError(f"--list: cannot filter by '{key}'{suggest(key, [*FIELDS, *KEYS])}; "
+            raise UsageError(f"--list: cannot filter by '{key}'{suggest(key, [*FIELDS, *every_key(configs)])}; "
                              f"use {', '.join(FIELDS)} or a config key")
     return filters
 
 
-def config_value(key: str, text: str) -> Any:
-    from utils.config import parse_override
-
+def config_value(key: str, text: str, configs: dict[str, type]) -> Any:
+    cls = next(c for c in [Config, *configs.values()] if key in fields_of(c))
     try:
-        return convert(key, parse_override(f"{key}={text}")[1])
+        return convert(cls, key, parse_override(f"{key}={text}", configs)[1])
     except ValueError as e:
         raise UsageError(f"--list: {key}={text}: {e}") from None
 
@@ -75,18 +76,16 @@ def matches(run: dict, filters: list[tuple[str, Any]]) -> bool:
 
 def headline(run: dict) -> str:
     """The metric the run was judged by: the one that picked its best epoch."""
-    return (run.get("config") or {}).get("monitor", "val_acc")
+    return (run.get("config") or {}).get("monitor") or ""
 
 
 def lower_is_better(run: dict, metric: str) -> bool:
-    """From the run's record of its monitor (run.json's best.mode), else by the metric's name."""
-    best = run.get("best") or {}
-    if best.get("monitor") == metric and best.get("mode"):
-        return best["mode"] == "min"
-    return metric.endswith(("_loss", "_fd", "_wdist"))
+    """From the run's record of its validation metrics' modes, else: losses are better lower."""
+    mode = (run.get("modes") or {}).get(metric)
+    return mode == "min" if mode else metric.endswith("loss")
 
 
-def sort_value(run: dict, key: str) -> Any:
+def sort_value(run: dict, key: str, config_keys: list[str]) -> Any:
     """The value --sort orders by; metrics so that the best run comes last, next to the prompt."""
     if key == "duration":
         return duration_seconds(run)
@@ -94,7 +93,7 @@ def sort_value(run: dict, key: str) -> Any:
         return run.get("epochs_done")
     if key in COLUMNS[1:]:
         return run.get(key)
-    if key in DEFAULTS:
+    if key in config_keys:
         return (run.get("config") or {}).get(key)
     metric = headline(run) if key == "best" else key
     value = ((run.get("best") or {}).get("metrics") if key == "best" else run.get("metrics") or {}) or {}
@@ -104,21 +103,24 @@ def sort_value(run: dict, key: str) -> Any:
     return -value if lower_is_better(run, metric) else value
 
 
-def sort_runs(runs: list[dict], key: str) -> list[dict]:
+def sort_runs(runs: list[dict], key: str, config_keys: list[str]) -> list[dict]:
     """Runs without a value first, then by value; ties stay in start order (sorted is stable)."""
     def order(run: dict) -> tuple:
-        value = sort_value(run, key)
+        value = sort_value(run, key, config_keys)
         return (value is not None, value if isinstance(value, (int, float)) else str(value) if value is not None else 0)
     try:
         return sorted(runs, key=order)
     except TypeError:  # a key holding numbers in some runs and text in others
-        return sorted(runs, key=lambda r: (sort_value(r, key) is not None, str(sort_value(r, key))))
+        return sorted(runs, key=lambda r: (sort_value(r, key, config_keys) is not None, str(sort_value(r, key, config_keys))))
 
 
 def changed(run: dict) -> dict:
     """What differs from the defaults: recorded at the start of newer runs (before `auto` values
-    were resolved), worked out from the saved config for older ones."""
-    return run["changed"] if isinstance(run.get("changed"), dict) else changed_keys(run.get("config") or {})
+    were resolved), worked out from the saved config's shared keys for older ones."""
+    if isinstance(run.get("changed"), dict):
+        return run["changed"]
+    defaults = defaults_of(Config)
+    return {k: v for k, v in (run.get("config") or {}).items() if k in defaults and v != defaults[k] and k != "resume"}
 
 
 def format_changed(values: dict) -> str:
@@ -146,7 +148,7 @@ def format_table(runs: list[dict]) -> str:
     """The table --list prints: every run, oldest first; '*' marks the one shown in checkpoints/."""
     shown = (shown_run() or {}).get("id")
     monitors = [headline(r) for r in runs]
-    common = max(set(monitors), key=monitors.count) if monitors else "val_acc"
+    common = max(set(monitors), key=monitors.count) if monitors else "metric"
     header = ("", "id", "status", "name", "model", "epochs", common, "best", "parent", "duration", "tags", "changed")
     rows = [header]
     for r, metric in zip(runs, monitors):

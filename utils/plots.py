@@ -18,12 +18,13 @@ def save_figure(fig, path: Path, dpi: int = 100) -> None:
 
 
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
-    """Per epoch, lineage included: the losses (every *_loss column: train and validation for a
-    classifier, critic and generator for a GAN) on the left, the other metrics on the right."""
+    """Per epoch, lineage included: the losses (every *_loss column) on the left, the other
+    metrics on the right (not the learning rates and gradient norms)."""
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
-    columns = list(dict.fromkeys(k for r in rows for k in r if k not in ("epoch", "lr", "seconds", "grad_norm")))
+    columns = list(dict.fromkeys(k for r in rows for k in r
+                                 if k not in ("epoch", "seconds") and not k.startswith(("lr", "grad_norm"))))
     panels = (("loss", [c for c in columns if c.endswith("loss")]), ("metrics", [c for c in columns if not c.endswith("loss")]))
     fig = new_figure(10, 4)
     # Fixed margins: tight_layout measures every text box, a visible cost at the end of a short run.
@@ -31,7 +32,7 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
     for ax, (name, keys) in zip(fig.subplots(1, 2), panels):
         for key in keys:
             ax.plot(epochs, [r.get(key, float("nan")) for r in rows], marker="o", label=key)
-        ax.set(xlabel="epoch", title="accuracy" if keys == ["train_acc", "val_acc"] else name)
+        ax.set(xlabel="epoch", title=name)
         ax.grid(alpha=0.3)
         if keys:
             ax.legend()

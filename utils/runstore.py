@@ -20,6 +20,7 @@ from filelock import FileLock, Timeout
 
 from utils.config import LABEL_RE, ROOT
 from utils.errors import RunFailure, UsageError, fault_point
+from utils.upgrade import upgrade_run
 
 EXPERIMENTS = ROOT / "experiments"
 CHECKPOINTS = ROOT / "checkpoints"
@@ -140,10 +141,10 @@ def allocate_run_dir(experiments: Optional[Path] = None) -> tuple[str, Path, str
 
 # ---------------------------------------------------------------- reading runs
 def read_run(folder: Path) -> Optional[dict]:
-    """run.json of a run folder with `status` made live: 'running' whose lock is free -> 'killed'.
+    """run.json of a run folder, upgraded to today's format, with `status` made live: 'running' whose lock is free -> 'killed'.
     None when the folder has no readable run.json."""
     try:
-        info = json.loads((folder / "run.json").read_text())
+        info = upgrade_run(json.loads((folder / "run.json").read_text()))
     except (OSError, ValueError):
         return None
     if info.get("status") == "running" and not is_locked(folder):

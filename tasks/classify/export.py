@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from infer.onnx_backend import EXPORT_DIR, EXPORT_JSON, INPUT_NAME, INSTALL, ONNX_FILE, OUTPUT_NAME, OnnxModel
+from infer.onnx_backend import EXPORT_DIR, EXPORT_JSON, INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel, require_onnx
 from infer.runs import LoadedRun, checked_data, load_run
+from train.task import Task
 from utils.config import Config
-from utils.errors import RunFailure, UsageError
+from utils.errors import RunFailure
 from utils.runstore import fsync_dir, link_or_copy, sha256_file, write_json
 
 FILES = {"onnx": ONNX_FILE, "pt2": "model.pt2"}
@@ -35,20 +36,11 @@ MIN_ARGMAX_AGREEMENT = 1.0
 BATCH = 64
 
 
-def require_onnx() -> None:
-    """Exit 2 naming the install command when onnx, onnxscript or onnxruntime is missing."""
-    for name in ("onnx", "onnxscript", "onnxruntime"):
-        try:
-            __import__(name)
-        except ImportError:
-            raise UsageError(f"--export onnx needs {name}, which is not installed; {INSTALL}") from None
-
-
-def export_main(cfg: Config, run: dict, formats: list[str]) -> int:
+def export_main(task: Task, cfg: Config, run: dict, formats: list[str]) -> int:
     """inference.py --export onnx|pt2 ...: export the classifier run `resume` selects, prove parity, install export/."""
     if "onnx" in formats:
         require_onnx()
-    loaded = load_run(run, torch.device("cpu"), cfg.weights)
+    loaded = load_run(run, torch.device("cpu"), task, cfg.weights)
     for fmt in dict.fromkeys(formats):
         export_run(loaded, fmt)
     return 0

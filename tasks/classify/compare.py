@@ -1,4 +1,4 @@
-"""A/B comparison of two runs on exactly the same samples (inference.py --compare)."""
+"""A/B comparison of two classifier runs on exactly the same samples (inference.py --compare)."""
 import dataclasses
 import time
 from pathlib import Path
@@ -7,14 +7,16 @@ from typing import Optional
 import numpy as np
 import torch
 
-from infer.onnx_backend import inference_device, label, split_spec, with_backend
-from infer.runs import LoadedRun, amp_dtype, inference_dir, is_finished, per_class_accuracy, rebuild_data, select_run
-from train import evaluate
-from utils.config import KEYS, Config
+from infer.onnx_backend import inference_device, label, with_backend
+from infer.report import config_diff, config_lines, model_source_changed, model_source_line, write_report
+from infer.runs import LoadedRun, amp_dtype, inference_dir, load_run, rebuild_data
+from tasks.classify.training import Evaluation, evaluate, per_class_accuracy
+from train.task import Task
+from utils.config import Config
 from utils.dataloader import EvalBatchSampler, FileSource, SplitSet, folder_samples, make_loader
 from utils.errors import UsageError
 from utils.plots import new_figure, save_figure
-from utils.runstore import find_run, read_metrics, write_json, write_text
+from utils.runstore import read_metrics
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -119,29 +121,28 @@ def compare(a: LoadedRun, b: LoadedRun, input_path: Optional[str], device: torch
     if a.info.class_names != b.info.class_names:
         raise UsageError(f"--compare: the runs have different classes ({a.info.class_names} vs {b.info.class_names})")
     set_a, set_b, ids, where = _samples(a, b, input_path)
-    outs = {}
+    outs: dict[str, Evaluation] = {}
+    latency = {}
     for name, run, dataset in (("A", a, set_a), ("B", b, set_b)):
         loader = make_loader(dataset, EvalBatchSampler(len(dataset), run.cfg.batch_size), 0, device.type == "cuda")
-        out = evaluate(run.model, loader, device, amp_dtype(run.cfg, device), run.cfg.channels_last == "true")
+        outs[name] = evaluate(run.model, loader, device, amp_dtype(run.cfg, device), bool(run.cfg.channels_last))
         x, _ = dataset.__getitems__([(-1, p) for p in range(min(len(dataset), run.cfg.batch_size))])
-        out["latency"] = _latency(run.model, x.to(device), device)
-        outs[name] = out
-    target = outs["B"]["target"]
-    assert torch.equal(target, outs["A"]["target"]), "both runs see the same labels"
+        latency[name] = _latency(run.model, x.to(device), device)
+    target = outs["B"].target
+    assert torch.equal(target, outs["A"].target), "both runs see the same labels"
     names = b.info.class_names
-    ca = (outs["A"]["pred"] == target).numpy()
-    cb = (outs["B"]["pred"] == target).numpy()
+    ca = (outs["A"].pred == target).numpy()
+    cb = (outs["B"].pred == target).numpy()
     n = len(target)
     test = mcnemar(ca, cb)
     lo, hi = bootstrap_diff(ca, cb)
-    disagree = (outs["A"]["pred"] != outs["B"]["pred"]).numpy()
-    per_a = per_class_accuracy(outs["A"]["pred"], target, len(names))
-    per_b = per_class_accuracy(outs["B"]["pred"], target, len(names))
-    cfg_a, cfg_b = a.cfg.__dict__, b.cfg.__dict__
+    disagree = (outs["A"].pred != outs["B"].pred).numpy()
+    per_a = per_class_accuracy(outs["A"].pred, target, len(names))
+    per_b = per_class_accuracy(outs["B"].pred, target, len(names))
     report = {
         "a": a.run["id"], "b": b.run["id"], "samples": n, "evaluated_on": where, "device": str(device),
         "accuracy": {"A": float(ca.mean()), "B": float(cb.mean())},
-        "loss": {"A": float(outs["A"]["loss_sum"]) / n, "B": float(outs["B"]["loss_sum"]) / n},
+        "loss": {"A": float(outs["A"].loss_sum) / n, "B": float(outs["B"].loss_sum) / n},
         "per_class": [{"class": c, "A": pa, "B": pb, "delta": None if pa is None or pb is None else pb - pa}
                       for c, pa, pb in zip(names, per_a, per_b)],
         "disagreements": {"count": int(disagree.sum()), "A_right": int((disagree & ca).sum()),
@@ -151,9 +152,9 @@ def compare(a: LoadedRun, b: LoadedRun, input_path: Optional[str], device: torch
                                     "bootstrap_samples": BOOTSTRAP_SAMPLES, "seed": 0},
         "backend": {"A": a.backend, "B": b.backend},
         "params": {"A": _params(a.model), "B": _params(b.model)},
-        "latency_s_per_batch": {"A": outs["A"]["latency"], "B": outs["B"]["latency"]},
-        "config_diff": {k: {"A": cfg_a[k], "B": cfg_b[k]} for k in KEYS if k != "resume" and cfg_a[k] != cfg_b[k]},
-        "model_source_changed": a.run.get("model_source_sha256") != b.run.get("model_source_sha256"),
+        "latency_s_per_batch": latency,
+        "config_diff": config_diff(a.cfg, b.cfg),
+        "model_source_changed": model_source_changed(a.run, b.run),
     }
     return Comparison(report, outs, target)
 
@@ -184,11 +185,7 @@ def to_markdown(r: dict) -> str:
               f"p = {t['p_value']:.4g}. {r['reading']}",
               f"Accuracy difference B - A: {100 * ci['value']:+.2f} points, 95% paired bootstrap interval "
               f"[{100 * ci['ci95'][0]:+.2f}, {100 * ci['ci95'][1]:+.2f}].", ""]
-    if r["config_diff"]:
-        lines += ["Config keys that differ:", ""] + [f"- `{k}`: A {v['A']!r}, B {v['B']!r}" for k, v in r["config_diff"].items()]
-    else:
-        lines += ["The two configs are the same (apart from resume)."]
-    lines += ["", "The model class source " + ("changed between the runs." if r["model_source_changed"] else "is the same in both runs.")]
+    lines += config_lines(r["config_diff"]) + ["", model_source_line(r["model_source_changed"])]
     return "\n".join(lines) + "\n"
 
 
@@ -205,7 +202,7 @@ def plot_compare(result: Comparison, names: list, history: dict, path: Path) -> 
     fig = new_figure(20, 4.8, layout="tight")
     axes = fig.subplots(1, 4)
     for ax, key in zip(axes[:2], ("A", "B")):
-        cm = torch.bincount(target * k + outs[key]["pred"], minlength=k * k).view(k, k).numpy()
+        cm = torch.bincount(target * k + outs[key].pred, minlength=k * k).view(k, k).numpy()
         ax.imshow(cm, cmap="Blues")
         ax.set(title=f"{key}: {r[key.lower()]} ({100 * r['accuracy'][key]:.2f}%)", xlabel="predicted", ylabel="true",
                xticks=range(k), yticks=range(k))
@@ -231,29 +228,12 @@ def plot_compare(result: Comparison, names: list, history: dict, path: Path) -> 
     save_figure(fig, path, dpi=90)
 
 
-def select_pair(cfg: Config, runs: list[str]) -> tuple[dict, dict, tuple[str, str]]:
-    """The two finished runs of inference.py --compare A [B] (B: the run `resume` selects), and the
-    backend of each: a run written RUN@onnx is served by onnxruntime from its export, others by `backend`."""
-    if len(runs) > 2:
-        raise UsageError(f"--compare takes one or two run ids, got {len(runs)}")
-    spec_a, backend_a = split_spec(runs[0], cfg.backend)
-    spec_b, backend_b = split_spec(runs[1], cfg.backend) if len(runs) > 1 else (cfg.resume, cfg.backend)
-    run_a = find_run(spec_a, "--compare", is_finished, "that finished",
-                     lambda r: None if is_finished(r) else f"has no final weights (status {r.get('status')}); pick a finished run")
-    run_b = select_run(spec_b, "--compare" if len(runs) > 1 else "resume")
-    return run_a, run_b, (backend_a, backend_b)
-
-
-def compare_main(cfg: Config, run_a: dict, run_b: dict, backends: tuple[str, str], input_path: Optional[str]) -> int:
+def compare_main(task: Task, cfg: Config, run_a: dict, run_b: dict, backends: tuple[str, str], input_path: Optional[str]) -> int:
     """inference.py --compare A [B] for classifiers: print the report, write .md, .json and .png under B's inference/."""
     device = inference_device(cfg)
-    a, b = with_backend(run_a, device, cfg.weights, backends[0]), with_backend(run_b, device, cfg.weights, backends[1])
+    a, b = (with_backend(load_run(run, device, task, cfg.weights), backend) for run, backend in zip((run_a, run_b), backends))
     result = compare(a, b, input_path, device)
-    md = to_markdown(result.report)
-    print(md)
-    stem = inference_dir(b) / f"compare_{label(a)}_vs_{label(b)}"
-    write_text(stem.with_suffix(".md"), md)
-    write_json(stem.with_suffix(".json"), result.report)
-    plot_compare(result, b.info.class_names, {"A": read_metrics(a.folder), "B": read_metrics(b.folder)}, stem.with_suffix(".png"))
-    print(f"wrote {stem}.md, .json and .png")
+    history = {"A": read_metrics(a.folder), "B": read_metrics(b.folder)}
+    write_report(inference_dir(b) / f"compare_{label(a)}_vs_{label(b)}", to_markdown(result.report), result.report,
+                 lambda path: plot_compare(result, b.info.class_names, history, path))
     return 0

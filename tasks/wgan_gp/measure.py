@@ -1,6 +1,6 @@
-"""Measuring a generator (tasks/wgan_gp.py uses these): images from latent codes, a classifier
-run's features and class probabilities, the Frechet distance between two sets of features (with
-a bootstrap interval), the share of confidently classified samples per class, sample grids."""
+"""Measuring a generator: images from latent codes, a classifier run's features and class
+probabilities, the Frechet distance between two sets of features (with a bootstrap interval),
+the share of confidently classified samples per class, sample grids."""
 from pathlib import Path
 from typing import Optional
 
@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from infer.runs import load_run, rebuild_data
+from infer.runs import LoadedRun, load_run, rebuild_data
+from tasks.classify import Classify
 from utils.config import Config
 from utils.dataloader import normalise, to_unit
 
@@ -106,31 +107,30 @@ def save_grid(images: torch.Tensor, path: Path, columns: int = 8, title: Optiona
     save_figure(fig, path)
 
 
-class FeatureCache:
-    """The classifier and the real images' features for the Frechet distance at each epoch of
-    training: loaded once per run."""
+def load_classifier(run_id: str, device: torch.device) -> LoadedRun:
+    from utils.runstore import EXPERIMENTS, read_run
+
+    return load_run(read_run(EXPERIMENTS / run_id), device, Classify())
+
+
+def real_confident_share(classifier: LoadedRun, real_probs: np.ndarray) -> float:
+    """The share of real validation images the classifier is confident on: the ceiling of what a
+    generator can score (a classifier trained with label smoothing is rarely confident)."""
+    return float((real_probs.max(1) >= CONFIDENT).mean())
+
+
+class Reference:
+    """The measuring classifier and the real images' features, for the Frechet distance at each
+    epoch of training: loaded on first use, once per run (the task object holds it)."""
+
     def __init__(self):
         self.key, self.classifier, self.real = None, None, None
 
-    def get(self, cfg: Config, device: torch.device):
+    def frechet(self, cfg: Config, generator: nn.Module, codes: torch.Tensor, device: torch.device) -> float:
+        """The Frechet distance of `codes`' images to the validation images, in fid_features' feature space."""
         if self.key != (cfg.fid_features, str(device)):
             self.classifier = load_classifier(cfg.fid_features, device)
             self.real = features_and_probs(self.classifier, real_images(cfg), device)[0]
             self.key = (cfg.fid_features, str(device))
-        return self.classifier, self.real
-
-
-def load_classifier(run_id: str, device: torch.device):
-    from utils.runstore import EXPERIMENTS, read_run
-
-    return load_run(read_run(EXPERIMENTS / run_id), device)
-
-
-_cache = FeatureCache()
-
-
-def frechet_for_training(cfg: Config, generator: nn.Module, codes: torch.Tensor, device: torch.device) -> float:
-    """The Frechet distance of `codes`' images to the validation images, in fid_features' feature space."""
-    classifier, real = _cache.get(cfg, device)
-    fake, _ = features_and_probs(classifier, generate(generator, codes, device), device)
-    return frechet(real, fake)
+        fake, _ = features_and_probs(self.classifier, generate(generator, codes, device), device)
+        return frechet(self.real, fake)

@@ -1,35 +1,47 @@
 """What inference produces for a classifier run: evaluation on its validation split and
-predictions on image files (tasks/classify.py names these for inference.py)."""
+predictions on image files."""
 import csv
 import io
 from pathlib import Path
 
 import torch
 
-from infer.runs import LoadedRun, amp_dtype, evaluate_split, inference_dir, per_class_accuracy
-from utils.dataloader import list_images, load_image
+from infer.runs import LoadedRun, amp_dtype, checked_data, inference_dir
+from tasks.classify.training import Evaluation, evaluate, per_class_accuracy
+from utils.dataloader import EvalBatchSampler, list_images, load_image, make_loader
 from utils.errors import UsageError
 from utils.runstore import write_json, write_text
 
 
-def validate(loaded: LoadedRun, device: torch.device) -> dict:
+def evaluate_split(loaded: LoadedRun, device: torch.device) -> Evaluation:
+    """evaluate() on the run's validation split, rebuilt from its config and checked against run.json;
+    with the sample ids."""
+    data = checked_data(loaded)
+    batch = loaded.cfg.batch_size // loaded.cfg.grad_accum_steps
+    loader = make_loader(data.val, EvalBatchSampler(len(data.val), batch), 0, device.type == "cuda")
+    out = evaluate(loaded.model, loader, device, amp_dtype(loaded.cfg, device), bool(loaded.cfg.channels_last))
+    out.ids = data.val_ids
+    return out
+
+
+def evaluate_on_split(loaded: LoadedRun, device: torch.device) -> dict:
     """Evaluate on the run's validation split: print accuracy, loss and per-class accuracy; write
     predictions and metrics under inference/."""
     out = evaluate_split(loaded, device)
     names = loaded.info.class_names
-    count = len(out["target"])
-    acc = float((out["pred"] == out["target"]).sum()) / count
+    count = len(out.target)
+    acc = float((out.pred == out.target).sum()) / count
     metrics = {"run": loaded.run["id"], "device": str(device), "samples": count, "val_acc": acc,
-               "val_loss": float(out["loss_sum"]) / count,
+               "val_loss": float(out.loss_sum) / count,
                "weights": loaded.weights, "backend": loaded.backend, "recorded_val_acc": loaded.recorded_metrics().get("val_acc"),
-               "per_class_acc": dict(zip(names, per_class_accuracy(out["pred"], out["target"], len(names))))}
+               "per_class_acc": dict(zip(names, per_class_accuracy(out.pred, out.target, len(names))))}
     via = "" if loaded.backend == "torch" else f" via {loaded.backend}"
     print(f"run {loaded.run['id']} ({loaded.cfg.base_model}, {loaded.weights} weights) on {device}{via}: val_acc {acc:.4f}  "
           f"val_loss {metrics['val_loss']:.4f}  ({count} samples; recorded at training: {metrics['recorded_val_acc']})")
     for name, a in metrics["per_class_acc"].items():
         print(f"  {name:>12}  {'-' if a is None else f'{a:.4f}'}")
     rows = [(i, names[t], names[p], f"{c:.6f}", int(p == t))
-            for i, t, p, c in zip(out["ids"], out["target"].tolist(), out["pred"].tolist(), out["confidence"].tolist())]
+            for i, t, p, c in zip(out.ids, out.target.tolist(), out.pred.tolist(), out.confidence.tolist())]
     out_dir = inference_dir(loaded)
     write_text(out_dir / "val_predictions.csv", to_csv(("sample", "target", "predicted", "confidence", "correct"), rows))
     write_json(out_dir / "val_metrics.json", metrics)

@@ -1,0 +1,99 @@
+"""Task classify: cross-entropy on labelled samples, accuracy. Everything specific to it is in this
+package: its keys (config.py), its model, loss and validation (training.py), what inference.py
+does with a run (infer.py), the A/B report (compare.py) and the export for services (export.py)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Optional
+
+from tasks.classify.config import ClassifyConfig
+from train.task import Phase, Task
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from utils.augment import Augment
+    from utils.dataloader import Data, DataInfo
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what torchvision's pretrained weights expect
+
+
+class Classify(Task):
+    name = "classify"
+    config = ClassifyConfig
+    modes = {"val_acc": "max", "val_loss": "min"}
+
+    # ------------------------------------------------------------ building
+    def resolve(self, cfg: ClassifyConfig) -> dict:
+        """augment: auto picks the data set's policy (utils/augment.py's AUTO_POLICY)."""
+        from utils.augment import AUTO_POLICY
+
+        return {"augment": AUTO_POLICY[cfg.dataset] if cfg.augment == "auto" else cfg.augment}
+
+    def prepare_data(self, cfg: ClassifyConfig, data: Data) -> Data:
+        """ImageNet's normalisation for pretrained weights on colour images."""
+        if cfg.pretrained and data.info.in_channels == 3:
+            info = dataclasses.replace(data.info, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+            data.info = data.train.info = data.val.info = info
+        return data
+
+    def model_names(self, cfg: ClassifyConfig) -> list[str]:
+        return [cfg.base_model]
+
+    def build_model(self, cfg: ClassifyConfig, info: DataInfo) -> nn.Module:
+        from tasks.classify.training import build_classifier
+
+        return build_classifier(cfg, info)
+
+    def rebuild_model(self, cfg: ClassifyConfig, info: DataInfo) -> nn.Module:
+        """Without ImageNet weights: the run's own are loaded next."""
+        return self.build_model(dataclasses.replace(cfg, pretrained=False), info)
+
+    def weights_meta(self, cfg: ClassifyConfig, info: DataInfo) -> dict:
+        return {"base_model": cfg.base_model, "dropout": cfg.dropout, "data": dataclasses.asdict(info)}
+
+    def augmentation(self, cfg: ClassifyConfig, info: DataInfo) -> Augment:
+        """The shared policies, and mixup / cutmix, which mix the labels too."""
+        from utils.augment import Augment
+
+        return Augment(cfg.seed, cfg.augment, cfg.random_erasing, cfg.mixup_alpha, cfg.cutmix_alpha, len(info.class_names))
+
+    # ------------------------------------------------------------ training
+    def phases(self, cfg: ClassifyConfig) -> list[Phase]:
+        from tasks.classify.training import cross_entropy
+
+        return [Phase("model", lambda net, batch: cross_entropy(net, batch, cfg.label_smoothing))]
+
+    def validate_epoch(self, cfg: ClassifyConfig, model: nn.Module, loader, device: torch.device) -> dict:
+        from tasks.classify.training import validate
+
+        return validate(cfg, model, loader, device)
+
+    # ------------------------------------------------------------ inference
+    def evaluate_run(self, cfg: ClassifyConfig, run: dict, input_path: Optional[str]) -> None:
+        """Evaluate the run on its validation split, or predict on the files at input_path."""
+        from pathlib import Path
+
+        from infer.onnx_backend import inference_device, with_backend
+        from infer.runs import load_run
+        from tasks.classify.infer import evaluate_on_split, predict
+
+        device = inference_device(cfg)
+        loaded = with_backend(load_run(run, device, self, cfg.weights), cfg.backend)  # eager torch, or the run's ONNX export
+        if input_path:
+            predict(loaded, Path(input_path), device)
+        else:
+            evaluate_on_split(loaded, device)
+
+    def compare(self, cfg: ClassifyConfig, run_a: dict, run_b: dict, backends: tuple, input_path: Optional[str]) -> int:
+        """Two classifiers on the same samples, each served by its backend (compare.py)."""
+        from tasks.classify.compare import compare_main
+
+        return compare_main(self, cfg, run_a, run_b, backends, input_path)
+
+    def export(self, cfg: ClassifyConfig, run: dict, formats: list[str]) -> int:
+        """ONNX and torch.export, parity checked (export.py)."""
+        from tasks.classify.export import export_main
+
+        return export_main(self, cfg, run, formats)

@@ -1,0 +1,101 @@
+"""Training a WGAN-GP: the generator and the critic as one module, the critic's and the generator's
+losses (Gulrajani et al., 2017), and the epoch's validation.
+
+The latent codes and the penalty's interpolation weights of step s are drawn whole for the global
+batch from a generator seeded by (seed, s), and each process takes its micro-batch's rows: they do
+not depend on where a run was cut, on num_workers or on the number of processes.
+"""
+import hashlib
+
+import torch
+from torch import nn
+
+from model import model_dict
+from tasks.wgan_gp.config import WganGpConfig
+from train.task import Batch
+from train.trainer import to_device
+from utils import dist
+from utils.dataloader import DataInfo
+from utils.errors import UsageError
+
+ADAM_BETAS = (0.0, 0.9)  # the WGAN-GP paper's; momentum destabilises the critic
+UNIT_RANGE = (0.5,)      # mean and std that normalise images to [-1, 1], the generator's tanh range
+
+
+class GanPair(nn.Module):
+    """The generator and the critic as one module: one state_dict ("generator.*", "critic.*"), so
+    model.safetensors, state.pt, EMA and init_from treat the pair as one model."""
+
+    def __init__(self, generator: nn.Module, critic: nn.Module):
+        super().__init__()
+        self.generator, self.critic = generator, critic
+
+
+def build_pair(cfg: WganGpConfig, info: DataInfo) -> GanPair:
+    try:
+        generator = model_dict[cfg.generator](latent_dim=cfg.latent_dim, out_channels=info.in_channels, image_size=info.image_size)
+        critic = model_dict[cfg.critic](in_channels=info.in_channels, image_size=info.image_size)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"generator/critic: {cfg.generator}, {cfg.critic} cannot be built for task wgan_gp ({e}); "
+                         "use dcgan_generator and dcgan_critic, or classes with their arguments") from None
+    return GanPair(generator, critic)
+
+
+def stream(seed: int, step: int, name: str) -> torch.Generator:
+    """A CPU generator seeded by (seed, step, name): the randomness of one step, from nothing else."""
+    digest = hashlib.sha256(f"{seed}:{step}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def latent(cfg: WganGpConfig, count: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(count, cfg.latent_dim, generator=gen)  # (count, latent_dim)
+
+
+def rows_of_micro_batch(t: torch.Tensor, micro: int, index: int) -> torch.Tensor:
+    """This process's rows of micro-batch `index` of a global batch drawn whole: (world x accum) slices."""
+    start = (index * dist.world_size() + dist.rank()) * micro
+    return t[start:start + micro]
+
+
+def critic_loss(cfg: WganGpConfig, pair: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
+    """Real images, generated ones and their interpolations in one critic pass:
+    D(fake) - D(real) + gp_weight * (|grad D(interpolation)| - 1)^2, the norm over each whole sample."""
+    real, b = batch.x, batch.size  # (B, C, H, W) in [-1, 1]
+    total = b * cfg.grad_accum_steps * dist.world_size()
+    gen = stream(cfg.seed, batch.step, "critic")
+    z = rows_of_micro_batch(latent(cfg, total, gen), b, batch.index).to(real.device)
+    eps = rows_of_micro_batch(torch.rand(total, 1, 1, 1, generator=gen), b, batch.index).to(real.device)
+    with torch.no_grad():
+        fake = pair.generator(z)
+    mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    scores = pair.critic(torch.cat([real, fake, mixed])).float()  # (3B,)
+    with torch.autocast(real.device.type, enabled=False):  # the penalty's double backward in fp32
+        d_real, d_fake, d_mixed = scores.split(b)
+        grad, = torch.autograd.grad(d_mixed.sum(), mixed, create_graph=True)
+        gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+        loss = d_fake.mean() - d_real.mean() + cfg.gp_weight * gp
+    return loss, {"critic_loss": loss, "gp": gp, "train_wdist": d_real.mean() - d_fake.mean()}
+
+
+def generator_loss(cfg: WganGpConfig, pair: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
+    """-D(G(z)) on this micro-batch's rows of a fresh global batch of codes."""
+    codes = latent(cfg, cfg.batch_size, stream(cfg.seed, batch.step, "generator"))
+    device = next(pair.parameters()).device
+    z = rows_of_micro_batch(codes, batch.size, batch.index).to(device)
+    loss = -pair.critic(pair.generator(z)).float().mean()
+    return loss, {"gen_loss": loss}
+
+
+def validate(cfg: WganGpConfig, pair: nn.Module, loader, device: torch.device) -> dict:
+    """val_wdist: the critic's estimate of the Wasserstein distance between the validation images
+    and as many generated ones (codes from sample_seed)."""
+    real_sum, fake_sum, count = (torch.zeros((), device=device) for _ in range(3))
+    codes = latent(cfg, len(loader.dataset), stream(cfg.sample_seed, 0, "samples"))
+    for x, _ in loader:
+        real = to_device(x, device, bool(cfg.channels_last))
+        z = codes[int(count): int(count) + len(real)].to(device)
+        real_sum += pair.critic(real).float().sum()
+        fake_sum += pair.critic(pair.generator(z)).float().sum()
+        count += len(real)
+    real_sum, fake_sum, count = (dist.all_reduce_sum(t) for t in (real_sum, fake_sum, count))
+    return {"val_wdist": float(real_sum - fake_sum) / max(1, int(count))}
