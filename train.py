@@ -59,7 +59,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.list or args.store_command:
         return store_command(args)
     plan = plan_run(load_config(args.config, args.overrides, configs))
-    from train.build import resolve_auto
+    from train.task import resolve_auto
 
     task = plan.task  # what is specific to the task: tasks/<name>/
     device = prepare_machine(plan.cfg)

@@ -9,11 +9,15 @@ import pytest
 from filelock import FileLock
 
 import utils.runstore as rs
+from tasks import configs
 from tests.conftest import copy_project
 from tests.test_report import make_runs
-from utils import cleanup
+from utils import cleanup, listing
 from utils.errors import UsageError
-from utils.listing import list_command, parse_filters
+
+
+def list_command(words, sort=None, as_json=False):
+    return listing.list_command(words, sort, as_json, configs)
 
 
 def test_a_running_run_is_not_deleted(store):
@@ -59,7 +63,7 @@ def test_list_filters_sort_and_errors(store, capsys):
     for words, message in ((["status=done"], "not one of"), (["colour=red"], "cannot filter by 'colour'"),
                            (["lr=fast"], "lr=fast: expected a number"), (["tag"], "is not a filter KEY=VALUE")):
         with pytest.raises(UsageError, match=message):
-            parse_filters(words)
+            listing.parse_filters(words, configs)
     with pytest.raises(UsageError, match="--sort: 'acc' is not a column"):
         list_command([], sort="acc")
 

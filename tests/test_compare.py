@@ -5,9 +5,9 @@ import re
 
 import numpy as np
 import pytest
-from infer.compare import bootstrap_diff, mcnemar
 from PIL import Image
 
+from tasks.classify.compare import bootstrap_diff, mcnemar
 from tests.conftest import copy_project, make_image_folder
 
 pytestmark = pytest.mark.slow  # each test starts train.py / inference.py processes

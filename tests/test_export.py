@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from infer.export import FILES, export_model
 from PIL import Image
 
 from infer.onnx_backend import checked_file, read_export
+from tasks.classify.export import FILES, export_model
 from tests.conftest import ROOT, copy_project, make_image_folder
 from utils.dataloader import DataInfo, load_image
 from utils.errors import RunFailure, UsageError
@@ -98,13 +98,14 @@ def test_an_op_with_no_onnx_form_is_exit_1_naming_it(tmp_path):
 
 
 def test_backend_config_checks():
+    from tasks.classify.config import ClassifyConfig
     from utils.config import build_config
 
-    assert build_config({}).backend == "torch"
+    assert build_config({}, ClassifyConfig).backend == "torch"
     with pytest.raises(UsageError, match="backend"):
-        build_config({"backend": "onnx"})
+        build_config({"backend": "onnx"}, ClassifyConfig)
     with pytest.raises(UsageError, match="inference_device"):
-        build_config({"backend": "onnxruntime", "inference_device": "cuda"})
+        build_config({"backend": "onnxruntime", "inference_device": "cuda"}, ClassifyConfig)
 
 
 def test_a_changed_model_file_is_refused_by_sha256(tmp_path):
@@ -186,10 +187,11 @@ def predictions(project, run_id: str, name: str) -> list[list[str]]:
 def test_onnxruntime_backend_predicts_as_eager_torch(exported, tmp_path):
     project, runs, _, _ = exported
     run_id = runs["small_cnn"]
+    from tasks.classify.config import ClassifyConfig
     from utils.config import build_config
     from utils.dataloader import build_data
 
-    data = build_data(build_config({}))
+    data = build_data(build_config({}, ClassifyConfig))
     imgs = write_images(tmp_path / "digits", data.val.source.x[data.val.positions[:12]].numpy())
     out = {}
     for backend in ("torch", "onnxruntime"):
@@ -210,10 +212,11 @@ def test_the_torch_free_program_gives_the_classes_of_inference_input(exported, t
     if model == "resnet18":
         imgs = folder
     else:
+        from tasks.classify.config import ClassifyConfig
         from utils.config import build_config
         from utils.dataloader import build_data
 
-        data = build_data(build_config({}))
+        data = build_data(build_config({}, ClassifyConfig))
         imgs = write_images(tmp_path / "digits", data.val.source.x[data.val.positions[:12]].numpy())
     r = project.run("inference.py", f"resume={runs[model]}", "inference_device=cpu", "--input", str(imgs))
     assert r.returncode == 0, r.stderr
@@ -244,15 +247,15 @@ def test_a_damaged_export_is_refused_and_a_failed_parity_keeps_the_old_one(expor
     run_id = runs["mlp"]
     folder = export_dir(project, run_id)
     kept = {p.name: p.read_bytes() for p in folder.iterdir()}
-    import infer.export
-
     import infer.runs
+    import tasks.classify.export
+    from tasks.classify import Classify
 
     monkeypatch.setattr(infer.runs, "EXPERIMENTS", project.experiments)
-    monkeypatch.setattr(infer.export, "MAX_ABS_DIFF", -1.0)  # no export can pass
-    loaded = infer.runs.load_run(project.info(run_id), torch.device("cpu"))
+    monkeypatch.setattr(tasks.classify.export, "MAX_ABS_DIFF", -1.0)  # no export can pass
+    loaded = infer.runs.load_run(project.info(run_id), torch.device("cpu"), Classify())
     with pytest.raises(RunFailure, match="failed the parity check"):
-        infer.export.export_run(loaded, "onnx")
+        tasks.classify.export.export_run(loaded, "onnx")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == kept and not list(folder.parent.glob("export.*"))
 
     model = folder / "model.onnx"

@@ -1,7 +1,6 @@
 """What main builds from the config for the Trainer, the same for every task: optimizers,
-learning-rate schedules, the scaler, the EMA, weights, and what `auto` means on this machine."""
+learning-rate schedules, the scaler, the EMA, weights, and the model source hash."""
 import copy
-import dataclasses
 import hashlib
 import inspect
 import itertools
@@ -15,27 +14,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from model import model_dict
-from train.device import native_bf16
-from train.task import Task
 from utils.config import Config
 from utils.errors import RunFailure, UsageError
 from utils.runstore import sha256_file
-
-
-def resolve_auto(cfg: Config, device: torch.device, model: nn.Module, task: Task) -> Config:
-    """The config with every `auto` replaced by what it means here, as config.yaml records it (so a
-    continuation repeats the same experiment): amp bf16 where the device runs it natively, else
-    none; channels_last (a bool from here on) for 2D convolutional models; the monitor and the
-    rest as the task says."""
-    amp = ("bf16" if native_bf16(device) else "none") if cfg.amp == "auto" else cfg.amp
-    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    channels_last = convolutional and device.type in ("cpu", "cuda") if cfg.channels_last is None else cfg.channels_last
-    monitor = task.default_monitor(cfg) if cfg.monitor == "auto" else cfg.monitor
-    if monitor not in task.modes:
-        raise UsageError(f"monitor: '{monitor}' is not a validation metric of task {cfg.task}; use auto or one of "
-                         f"{' | '.join(task.modes)}")
-    resolved = {"amp": amp, "channels_last": channels_last, "monitor": monitor} | task.resolve(cfg)
-    return dataclasses.replace(cfg, **resolved)
 
 
 def model_source_hash(*names: str) -> str:

@@ -143,3 +143,23 @@ class Task:
     def export(self, cfg: Config, run: dict, formats: list[str]) -> int:
         """inference.py --export: the model for services, parity checked."""
         raise UsageError(f"--export: run {run['id']} is a {self.name} run, and task {self.name} has no export")
+
+
+def resolve_auto(cfg: Config, device: torch.device, model: nn.Module, task: Task) -> Config:
+    """The config with every `auto` replaced by what it means here, as config.yaml records it (so a
+    continuation repeats the same experiment): amp bf16 where the device runs it natively, else
+    none; channels_last (a bool from here on) for 2D convolutional models; the monitor and the
+    rest as the task says."""
+    from torch import nn
+
+    from train.device import native_bf16
+
+    amp = ("bf16" if native_bf16(device) else "none") if cfg.amp == "auto" else cfg.amp
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = convolutional and device.type in ("cpu", "cuda") if cfg.channels_last is None else cfg.channels_last
+    monitor = task.default_monitor(cfg) if cfg.monitor == "auto" else cfg.monitor
+    if monitor not in task.modes:
+        raise UsageError(f"monitor: '{monitor}' is not a validation metric of task {cfg.task}; use auto or one of "
+                         f"{' | '.join(task.modes)}")
+    resolved = {"amp": amp, "channels_last": channels_last, "monitor": monitor} | task.resolve(cfg)
+    return dataclasses.replace(cfg, **resolved)
