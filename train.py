@@ -12,6 +12,7 @@ that those two are instant.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
@@ -37,8 +38,8 @@ from utils.upgrade import RUN_FORMAT, run_format
 if TYPE_CHECKING:
     import torch
 
+    from tasks.base import Task
     from train.checkpoint import TrainingParts, TrainState
-    from train.task import Task
     from train.trainer import Trainer
     from utils.dataloader import Data
 
@@ -59,7 +60,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.list or args.store_command:
         return store_command(args)
     plan = plan_run(load_config(args.config, args.overrides, configs))
-    from train.task import resolve_auto
+    from tasks.base import resolve_auto
 
     task = plan.task  # what is specific to the task: tasks/<name>/
     device = prepare_machine(plan.cfg)
@@ -72,7 +73,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     state = restore(plan, parts, device)
     run = start_run(plan, state, data, model, device)
     trainer = make_trainer(cfg, task, parts, (train_loader, val_loader), device, run, state, task.weights_meta(cfg, data.info))
-    return fit_and_finish(trainer, run, cfg)
+    return fit_and_finish(trainer, task, run, cfg)
 
 
 def parse_arguments(argv: Optional[list[str]]):
@@ -285,7 +286,8 @@ def make_trainer(cfg: Config, task: Task, parts: TrainingParts, loaders: tuple, 
     if run is not None and cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
         tb = SummaryWriter(log_dir=str(run.folder / "tb"))
-    return Trainer(cfg=cfg, task=task, parts=parts, net=net, train_loader=loaders[0], val_loader=loaders[1],
+    return Trainer(cfg=cfg, phases=task.phases(cfg), validate=functools.partial(task.validate_epoch, cfg),
+                   mode=task.modes[cfg.monitor], parts=parts, net=net, train_loader=loaders[0], val_loader=loaders[1],
                    device=device, run=run, state=state, weights_meta=meta, tb=tb)
 
 
@@ -336,14 +338,14 @@ def run_info(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, 
             "model_source_sha256": model_source_hash(*plan.task.model_names(cfg)), **environment(device)}
 
 
-def fit_and_finish(trainer: Trainer, run: Optional[RunFolder], cfg: Config) -> int:
+def fit_and_finish(trainer: Trainer, task: Task, run: Optional[RunFolder], cfg: Config) -> int:
     """Train, then write the final weights; a failure or Ctrl-C marks the run and is re-raised."""
     from utils import dist
 
     try:
         final = trainer.fit()
         if run is not None:
-            finish(run, trainer, cfg, final)
+            finish(run, trainer, task.summary(final))
     except (Exception, KeyboardInterrupt) as e:
         if run is not None and run.info["status"] == "running":
             failed = not isinstance(e, KeyboardInterrupt)
@@ -362,7 +364,7 @@ def fit_and_finish(trainer: Trainer, run: Optional[RunFolder], cfg: Config) -> i
     return 0
 
 
-def finish(run: RunFolder, trainer: Trainer, cfg: Config, final: dict) -> None:
+def finish(run: RunFolder, trainer: Trainer, summary: str) -> None:
     """Write the final weights (the EMA when on) and the curves, then mark the run finished."""
     from train.checkpoint import write_weights
     from train.trainer import recorded
@@ -372,9 +374,9 @@ def finish(run: RunFolder, trainer: Trainer, cfg: Config, final: dict) -> None:
     weights = run.folder / "model.safetensors"
     write_weights(weights, trainer.parts.eval_model(), trainer.weights_meta)
     plot_curves(trainer.history, run.folder / "curves.png", title=f"run {run.id} ({run.info['model']})")
-    run.log(f"finished run {run.id}: {trainer.task.summary(final)}; weights in experiments/{run.id}/model.safetensors")
+    run.log(f"finished run {run.id}: {summary}; weights in experiments/{run.id}/model.safetensors")
     fault_point("final")
-    run.finish(weights, metrics=recorded(final))
+    run.finish(weights, metrics=recorded(trainer.history[-1]))
 
 
 if __name__ == "__main__":

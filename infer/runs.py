@@ -2,18 +2,29 @@
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 
 from train.build import load_weights
 from train.device import AMP_DTYPES
-from train.task import Task
 from utils.config import Config, read_yaml, saved_config
 from utils.dataloader import Data, DataInfo, build_data, info_from_run
 from utils.errors import RunFailure, UsageError
 from utils.runstore import BEST_FILE, EXPERIMENTS, children_of, find_run, list_runs
 from utils.upgrade import run_format
+
+
+class Task(Protocol):
+    """What rebuilding a run needs of its task (tasks/base.py's Task has these and more)."""
+    name: str
+    config: type
+
+    def rebuild_model(self, cfg: Config, info: DataInfo) -> torch.nn.Module: ...
+
+    def prepare_data(self, cfg: Config, data: Data) -> Data: ...
+
+    def validate_epoch(self, cfg: Config, model: torch.nn.Module, loader, device: torch.device) -> dict: ...
 
 
 def is_finished(run: dict) -> bool:
@@ -46,6 +57,7 @@ def select_run(spec: Optional[str], key: str = "resume") -> dict:
 class LoadedRun:
     """A finished run rebuilt from its folder: its run.json, config, data description and model."""
     run: dict
+    task: Task
     cfg: Config
     info: DataInfo
     model: torch.nn.Module
@@ -80,7 +92,7 @@ def load_run(run: dict, device: torch.device, task: Task, weights: str = "final"
     info = info_from_run(run)
     model = task.rebuild_model(cfg, info)
     load_weights(model, folder / file, recorded or {"sha256": "", "size": -1})
-    return LoadedRun(run, cfg, info, model.to(device).eval(), folder, weights)
+    return LoadedRun(run, task, cfg, info, model.to(device).eval(), folder, weights)
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
@@ -88,15 +100,15 @@ def amp_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
     return None if cfg.amp == "fp16" and device.type != "cuda" else AMP_DTYPES[cfg.amp]
 
 
-def rebuild_data(cfg: Config) -> Data:
-    """A run's data, split as in training, without the image-folder cache: inference reads the
-    validation images once, and decoding the training split up front would be wasted work."""
-    return build_data(dataclasses.replace(cfg, cache_mb=0))
+def rebuild_data(cfg: Config, task: Task) -> Data:
+    """A run's data, split and prepared as in training, without the image-folder cache: inference
+    reads the validation images once, and decoding the training split up front would be wasted work."""
+    return task.prepare_data(cfg, build_data(dataclasses.replace(cfg, cache_mb=0)))
 
 
 def checked_data(loaded: LoadedRun) -> Data:
     """The run's data rebuilt from its config, its validation split checked against run.json."""
-    data = rebuild_data(loaded.cfg)
+    data = rebuild_data(loaded.cfg, loaded.task)
     if data.val_hash != loaded.run["val_hash"]:
         raise RunFailure(f"the validation split of run {loaded.run['id']} cannot be rebuilt: the data changed since "
                          "training (validation hash differs); restore the data or evaluate with --input")

@@ -1,13 +1,16 @@
 """task_dict: the one registry of tasks. A task is a package, tasks/<name>/, whose Task subclass
-(train/task.py) holds everything specific to what the loop trains (README, "Adding a task");
+(tasks/base.py) holds everything specific to what the loop trains (README, "Adding a task");
 train.py, inference.py and the Trainer call only its members, so the run store, state.pt, resume,
 DDP, AMP and the reports work for every task. Importing this module does not import torch."""
+from tasks.base import Task
 from tasks.classify import Classify
 from tasks.wgan_gp import WganGp
-from train.task import Task
 from utils.errors import UsageError
 
-task_dict: dict[str, type[Task]] = {"classify": Classify, "wgan_gp": WganGp}
+task_dict: dict[str, type[Task]] = {
+    "classify": Classify,
+    "wgan_gp": WganGp,
+}
 configs = {name: task.config for name, task in task_dict.items()}  # each task's config class, for utils/config.py
 
 

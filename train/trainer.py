@@ -1,6 +1,6 @@
 """The Trainer: runs the epochs of a run and owns every training step.
 
-A step is the same for every task: for each phase the task declares (train/task.py) that is due,
+A step is the same for every task: for each phase the task declares (train/phases.py) that is due,
 the phase's loss on each micro-batch under autocast (DDP's no_sync until the last), the scaled
 backward, then clipping, the optimizer and schedule steps, zero_grad and the EMA. The task
 returns losses and metrics and reads nothing of the Trainer's state.
@@ -10,7 +10,8 @@ import math
 import signal
 import sys
 import time
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from train import checkpoint
 from train.build import ema_update
 from train.checkpoint import TrainingParts, TrainState
 from train.device import AMP_DTYPES
-from train.task import Batch, Phase, Task
+from train.phases import Batch, Phase
 from utils import dist
 from utils.config import Config
 from utils.errors import Interrupted, RunFailure, fault_nan, fault_point
@@ -59,13 +60,16 @@ class Trainer:
     `self.state` (a TrainState), so that a save at any step boundary continues exactly.
     """
 
-    def __init__(self, *, cfg: Config, task: Task, parts: TrainingParts, net: nn.Module, train_loader, val_loader,
-                 device: torch.device, run: Optional[RunFolder], state: TrainState, weights_meta: dict, tb=None):
-        self.cfg, self.task, self.parts, self.device, self.run = cfg, task, parts, device, run
+    def __init__(self, *, cfg: Config, phases: list[Phase], validate: Callable[[nn.Module, Any, torch.device], dict], mode: str,
+                 parts: TrainingParts, net: nn.Module, train_loader, val_loader, device: torch.device, run: Optional[RunFolder],
+                 state: TrainState, weights_meta: dict, tb=None):
+        self.cfg, self.parts, self.device, self.run = cfg, parts, device, run
+        self.phases = phases      # the task's losses of a step (train/phases.py)
+        self.validate = validate  # (model, val_loader, device) -> the task's validation metrics
+        self.mode = mode          # which way cfg.monitor is better: max or min
         self.net = net  # parts.model, wrapped by DDP and/or torch.compile: what the loop calls
         self.train_loader, self.val_loader = train_loader, val_loader
         self.sampler = train_loader.batch_sampler
-        self.phases = task.phases(cfg)
         self.amp_dtype = AMP_DTYPES[cfg.amp]
         self.channels_last = bool(cfg.channels_last)
         self.micro_size = cfg.batch_size // (cfg.grad_accum_steps * dist.world_size())  # samples a process takes per micro-batch
@@ -82,11 +86,6 @@ class Trainer:
     @property
     def history(self) -> list[dict]:
         return self.state.history
-
-    @property
-    def mode(self) -> str:
-        """Which way `monitor` is better: max or min."""
-        return self.task.modes[self.cfg.monitor]
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -210,7 +209,7 @@ class Trainer:
         model = self.parts.ema if self.parts.ema is not None else self.net
         model.eval()
         with torch.no_grad():
-            return self.task.validate_epoch(self.cfg, model, self.val_loader, self.device)
+            return self.validate(model, self.val_loader, self.device)
 
     def learning_rates(self) -> dict:
         """The learning rate of every optimizer: `lr` for one, `lr_<name>` for several."""

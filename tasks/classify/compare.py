@@ -10,8 +10,8 @@ import torch
 from infer.onnx_backend import inference_device, label, with_backend
 from infer.report import config_diff, config_lines, model_source_changed, model_source_line, write_report
 from infer.runs import LoadedRun, amp_dtype, inference_dir, load_run, rebuild_data
+from tasks.base import Task
 from tasks.classify.training import Evaluation, evaluate, per_class_accuracy
-from train.task import Task
 from utils.config import Config
 from utils.dataloader import EvalBatchSampler, FileSource, SplitSet, folder_samples, make_loader
 from utils.errors import UsageError
@@ -62,14 +62,14 @@ def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[Spl
         if classes != b.info.class_names:
             raise UsageError(f"--input: the folder's classes {classes} differ from the runs' {b.info.class_names}")
         ids = [str(Path(p)) for p, _ in samples]
-        a_train = _training_files(a.cfg)
+        a_train = _training_files(a)
         overlap = sorted(set(ids) & a_train)
         if overlap:
             raise UsageError(f"--compare: {len(overlap)} of these samples are in run {a.run['id']}'s training data "
                              f"(e.g. {overlap[0]}); compare on held-out samples")
         sets = [SplitSet(FileSource(samples, run.info, ids), list(range(len(samples))), run.info) for run in (a, b)]
         return sets[0], sets[1], ids, f"the labelled folder {root}"
-    data_b = rebuild_data(b.cfg)
+    data_b = rebuild_data(b.cfg, b.task)
     if data_b.val_hash != b.run["val_hash"]:
         raise UsageError(f"the validation split of run {b.run['id']} cannot be rebuilt (its data changed); compare with --input")
     same_source = all(getattr(a.cfg, k) == getattr(b.cfg, k) for k in ("dataset", "data_dir", "fake_size")) and (
@@ -77,7 +77,7 @@ def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[Spl
     if not same_source:
         raise UsageError(f"run {a.run['id']} was trained on other data ({a.cfg.dataset}) than run {b.run['id']} "
                          f"({b.cfg.dataset}); compare them on a labelled folder with --input")
-    data_a = rebuild_data(a.cfg)
+    data_a = rebuild_data(a.cfg, a.task)
     overlap = set(data_b.val_ids) & set(data_a.train_ids)
     if overlap:
         raise UsageError(f"--compare: {len(overlap)} of run {b.run['id']}'s validation samples are in run {a.run['id']}'s "
@@ -88,12 +88,12 @@ def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[Spl
     return set_a, data_b.val, data_b.val_ids, f"the validation split of {b.run['id']}"
 
 
-def _training_files(cfg: Config) -> set:
+def _training_files(run: LoadedRun) -> set:
     """Absolute paths of the files a run trained on (empty for in-memory data sets)."""
-    if cfg.dataset != "image_folder":
+    if run.cfg.dataset != "image_folder":
         return set()
-    root = Path(cfg.data_dir).expanduser().resolve()
-    return {str(root / i) for i in rebuild_data(cfg).train_ids}
+    root = Path(run.cfg.data_dir).expanduser().resolve()
+    return {str(root / i) for i in rebuild_data(run.cfg, run.task).train_ids}
 
 
 def _latency(model: torch.nn.Module, x: torch.Tensor, device: torch.device, repeats: int = 10) -> float:

@@ -23,7 +23,7 @@ from torch import nn
 
 from infer.onnx_backend import EXPORT_DIR, EXPORT_JSON, INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel, require_onnx
 from infer.runs import LoadedRun, checked_data, load_run
-from train.task import Task
+from tasks.base import Task
 from utils.config import Config
 from utils.errors import RunFailure
 from utils.runstore import fsync_dir, link_or_copy, sha256_file, write_json

@@ -10,7 +10,7 @@ from torch import nn
 from model import model_dict
 from tasks.classify.config import ClassifyConfig
 from train.device import AMP_DTYPES
-from train.task import Batch
+from train.phases import Batch
 from train.trainer import to_device
 from utils import dist
 from utils.dataloader import DataInfo

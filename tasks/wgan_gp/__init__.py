@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Optional
 
+from tasks.base import Task
 from tasks.wgan_gp.config import WganGpConfig
-from train.task import Phase, Task
+from train.phases import Phase
 
 if TYPE_CHECKING:
     import torch

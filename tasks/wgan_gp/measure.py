@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from infer.runs import LoadedRun, load_run, rebuild_data
+from tasks.base import Task
 from tasks.classify import Classify
 from utils.config import Config
 from utils.dataloader import normalise, to_unit
@@ -28,7 +29,7 @@ def generate(generator: nn.Module, codes: torch.Tensor, device: torch.device, ba
 
 def real_images(cfg: Config) -> torch.Tensor:
     """The validation images of the GAN run's data, in [0, 1]: (N, C, H, W)."""
-    data = rebuild_data(cfg)
+    data = rebuild_data(cfg, Task())  # the images as stored: to_unit() below is the only preparation
     x, _ = data.val.source.load([data.val.positions[i] for i in range(len(data.val))])
     return to_unit(x)
 

@@ -2,12 +2,14 @@
 a classifier run's features, the confident class shares), and the A/B report of two GAN runs."""
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 from infer.report import config_diff, config_lines, model_source_changed, model_source_line, write_report
 from infer.runs import LoadedRun, inference_dir, load_run, run_config
+from tasks.base import Task
 from tasks.wgan_gp.measure import (
     CONFIDENT,
     class_shares,
@@ -22,7 +24,6 @@ from tasks.wgan_gp.measure import (
 )
 from tasks.wgan_gp.training import latent, stream
 from train.device import resolve_device
-from train.task import Task
 from utils.config import Config
 from utils.errors import UsageError
 from utils.runstore import find_run, write_json
@@ -56,13 +57,16 @@ class Measurement:
     fake: np.ndarray          # (N, F) and of the samples
 
 
-def measure(task: Task, cfg: Config, run: dict, device: torch.device, classifier: LoadedRun) -> Measurement:
+def measure(task: Task, cfg: Config, run: dict, device: torch.device, classifier: Optional[LoadedRun]) -> Measurement:
     """fid_samples images from sample_seed's codes, their Frechet distance to the validation images
     in the classifier's feature space, and the classifier's confident class shares (on the samples,
-    and on the real images, which bounds what a generator can reach)."""
+    and on the real images, which bounds what a generator can reach). Without a classifier, the samples alone."""
     loaded = load_run(run, device, task, cfg.weights)
     codes = latent(loaded.cfg, cfg.fid_samples, stream(cfg.sample_seed, 0, "samples"))
     images = generate(loaded.model.generator, codes, device)
+    if classifier is None:
+        figures = {"run": run["id"], "weights": cfg.weights, "fid_features": None, "samples": len(codes), "sample_seed": cfg.sample_seed}
+        return Measurement(loaded, figures, images, np.zeros((0, 0)), np.zeros((0, 0)))
     fake, probs = features_and_probs(classifier, images, device)
     real, real_probs = features_and_probs(classifier, real_images(loaded.cfg), device)
     if min(len(real), len(fake)) <= real.shape[1]:
@@ -75,12 +79,19 @@ def measure(task: Task, cfg: Config, run: dict, device: torch.device, classifier
     return Measurement(loaded, figures, images, real, fake)
 
 
-def classifier_for(task: Task, cfg: Config, run: dict, device: torch.device) -> LoadedRun:
+def classifier_for(task: Task, cfg: Config, run: dict, device: torch.device, required: bool) -> Optional[LoadedRun]:
     """The classifier run that measures a GAN run: fid_features from the command line or config,
-    else the one the run trained with, else the latest on the same data."""
+    else the one the run trained with, else the latest on the same data; else None with a note,
+    or, when `required`, exit 2."""
     saved = run_config(run, task)
-    spec = cfg.fid_features or saved.fid_features or "latest"
-    return load_classifier(find_classifier(spec, saved)["id"], device)
+    spec = cfg.fid_features or saved.fid_features
+    try:
+        return load_classifier(find_classifier(spec or "latest", saved)["id"], device)
+    except UsageError as e:
+        if spec or required:
+            raise
+        print(f"note: no measure of run {run['id']}'s samples: {e}", file=sys.stderr)
+        return None
 
 
 def torch_only(backend: str, run: dict) -> None:
@@ -109,11 +120,14 @@ def evaluate_run(task: Task, cfg: Config, run: dict, input_path) -> None:
         raise UsageError(f"--input: a wgan_gp run generates images and takes none; python inference.py resume={run['id']} "
                          "writes samples.png and measures the run")
     device = resolve_device(cfg.inference_device, "inference_device")
-    m = measure(task, cfg, run, device, classifier_for(task, cfg, run, device))
+    m = measure(task, cfg, run, device, classifier_for(task, cfg, run, device, required=False))
     out = inference_dir(m.loaded)
     save_grid(m.images[:64], out / "samples.png", title=f"run {run['id']}, sample_seed {cfg.sample_seed}")
     write_json(out / "gan_metrics.json", m.figures)
     f = m.figures
+    if f["fid_features"] is None:
+        print(f"wrote {out}/samples.png and gan_metrics.json (samples only)")
+        return
     print(f"run {run['id']} ({cfg.weights} weights) on {device}: Frechet distance {f['frechet_distance']:.4f} "
           f"({f['samples']} samples, features of classifier run {f['fid_features']})")
     print(f"  {100 * f['confident']:.1f}% of the samples classified with confidence >= {CONFIDENT} (real images: "
@@ -131,7 +145,7 @@ def compare(task: Task, cfg: Config, run_a: dict, run_b: dict, backends: tuple, 
     if input_path:
         raise UsageError("--input: two wgan_gp runs are compared on generated samples; drop --input")
     device = resolve_device(cfg.inference_device, "inference_device")
-    classifier = classifier_for(task, cfg, run_b, device)
+    classifier = classifier_for(task, cfg, run_b, device, required=True)
     ms = {"A": measure(task, cfg, run_a, device, classifier), "B": measure(task, cfg, run_b, device, classifier)}
     for m in ms.values():
         m.figures["ci95"] = frechet_interval(m.real, m.fake)

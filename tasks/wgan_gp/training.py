@@ -12,7 +12,7 @@ from torch import nn
 
 from model import model_dict
 from tasks.wgan_gp.config import WganGpConfig
-from train.task import Batch
+from train.phases import Batch
 from train.trainer import to_device
 from utils import dist
 from utils.dataloader import DataInfo

@@ -1,11 +1,10 @@
-"""What a task is to the rest of the template: the `Task` base class, and the `Phase`s of its
-training step that the Trainer runs.
+"""The `Task` base class: what a task is to the rest of the template, with defaults, so that a
+simple task writes only what is its own.
 
 A task (tasks/<name>/) holds everything specific to what is trained: its config keys, models,
-optimizers, losses, validation metrics, inference, A/B report and export. The Trainer owns the
-mechanics of a step (autocast, accumulation, DDP's no_sync, the scaler, backward, clipping, the
-optimizer and schedule steps, the EMA, zero_grad) and never asks what the task is; a task
-returns losses and reads nothing of the Trainer's. README's "Adding a task" lists the members.
+optimizers, the losses of its training phases (train/phases.py), validation metrics, inference,
+A/B report and export. The Trainer owns the mechanics of a step and is handed the phases; it
+never asks what the task is. README's "Adding a task" lists the members.
 
 torch is imported inside the methods: the mains read the task registry (its config classes)
 for --help and --list, which answer without importing torch.
@@ -14,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
+from train.phases import Phase
 from utils.config import Config
 from utils.errors import UsageError
 
@@ -27,35 +26,6 @@ if TYPE_CHECKING:
     from train.checkpoint import TrainingParts
     from utils.augment import Augment
     from utils.dataloader import Data, DataInfo
-
-
-@dataclass(frozen=True)
-class Batch:
-    """What a phase's loss gets for one micro-batch."""
-    x: Optional[torch.Tensor]   # (B, ...) inputs on the device (channels_last when on); None for a phase without data
-    y: Optional[torch.Tensor]   # (B,) labels, or (B, classes) mixed label weights; None without data
-    size: int                   # B, the samples of this micro-batch on this process
-    index: int                  # which micro-batch of the optimizer step, 0 .. grad_accum_steps - 1
-    step: int                   # the optimizer step being taken, counted over the lineage from 0: seeds a step's randomness
-
-
-# (net, batch) -> (loss, metrics). net is the model as the loop calls it (DDP, torch.compile);
-# loss is what backward starts from; metrics are 0-d tensors, each the mean over the micro-batch,
-# named as metrics.csv names them (the Trainer averages them over the epoch's samples).
-LossFn = Callable[["nn.Module", Batch], tuple["torch.Tensor", dict]]
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One part of a training step: a loss whose backward feeds one optimizer.
-
-    In every optimizer step the Trainer runs the phases that are due, in order. Each runs its
-    loss on grad_accum_steps micro-batches (the step's data, or none), then steps its optimizer."""
-    optimizer: str            # the TrainingParts.optimizers entry it steps (and the schedule of that name)
-    loss: LossFn
-    every: int = 1            # due on the steps s with (s + 1) % every == 0: a second network stepped every few steps
-    uses_data: bool = True    # False: the loss gets x = y = None and draws its inputs (random codes) itself
-    moves_ema: bool = True    # the EMA follows the model after this phase's steps (its decay warms up over them)
 
 
 class Task:
@@ -133,12 +103,23 @@ class Task:
 
     # ------------------------------------------------------------ inference (inference.py calls these)
     def evaluate_run(self, cfg: Config, run: dict, input_path: Optional[str]) -> None:
-        """inference.py: measure the run (and with --input, predict on the files at input_path)."""
-        raise UsageError(f"inference.py: task {self.name} has no inference")
+        """inference.py: measure the run (and with --input, predict on the files at input_path). By
+        default its validate_epoch metrics on its validation split (infer/validation.py); no --input."""
+        from infer.validation import evaluate_validation
+
+        if input_path:
+            raise UsageError(f"--input: task {self.name} does not predict on files; drop --input to measure the run")
+        evaluate_validation(self, cfg, run)
 
     def compare(self, cfg: Config, run_a: dict, run_b: dict, backends: tuple, input_path: Optional[str]) -> int:
-        """inference.py --compare: the A/B report of two runs of this task."""
-        raise UsageError(f"--compare: task {self.name} has no A/B report")
+        """inference.py --compare: the A/B report of two runs of this task. By default both runs'
+        validate_epoch metrics on B's validation split (infer/validation.py)."""
+        from infer.validation import compare_validation
+
+        if input_path or set(backends) != {"torch"}:
+            raise UsageError(f"--compare: runs of task {self.name} are compared on their validation split, served by torch; "
+                             "drop --input and @onnx")
+        return compare_validation(self, cfg, run_a, run_b)
 
     def export(self, cfg: Config, run: dict, formats: list[str]) -> int:
         """inference.py --export: the model for services, parity checked."""
