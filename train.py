@@ -286,7 +286,7 @@ def make_trainer(cfg: Config, task: Task, parts: TrainingParts, loaders: tuple, 
     if run is not None and cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
         tb = SummaryWriter(log_dir=str(run.folder / "tb"))
-    return Trainer(cfg=cfg, phases=task.phases(cfg), validate=functools.partial(task.validate_epoch, cfg),
+    return Trainer(cfg=cfg, phases=task.phases(cfg), validate_epoch=functools.partial(task.validate_epoch, cfg),
                    mode=task.modes[cfg.monitor], parts=parts, net=net, train_loader=loaders[0], val_loader=loaders[1],
                    device=device, run=run, state=state, weights_meta=meta, tb=tb)
 

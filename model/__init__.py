@@ -1,9 +1,8 @@
 """model_dict: the one registry. Adding a model is one class and one line here.
 
-A classifier (task classify) takes (in_channels, num_classes, image_size, dropout, pretrained) and
-returns logits of shape (B, num_classes). The GAN's generator takes (latent_dim, out_channels,
-image_size) and its critic (in_channels, image_size): each task builds its models with its own
-arguments (tasks/).
+A classifier takes (in_channels, num_classes, image_size, dropout, pretrained) and returns logits
+of shape (B, num_classes). A GAN's generator takes (latent_dim, out_channels, image_size) and its
+critic (in_channels, image_size): each task builds its models with its own arguments (tasks/).
 """
 from model.dcgan import DCGANCritic, DCGANGenerator
 from model.mlp import MLP

@@ -1,4 +1,4 @@
-"""A DCGAN-style generator and critic for the WGAN-GP task (tasks/wgan_gp.py).
+"""A DCGAN-style generator and critic, the WGAN-GP task's defaults.
 
 Sized from the image: the generator starts at ceil(size / 4) px and doubles twice, then crops to
 size; the critic halves until the map is at most 4 px. The critic has no batch normalisation:

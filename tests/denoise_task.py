@@ -15,6 +15,7 @@ from utils.config import Config, key
 
 @dataclass
 class DenoiseConfig(Config):
+    task: str = key("denoise", "what the loop trains")
     epochs: int = key(5, "total epochs of the run", at_least=1)
     noise: float = key(0.5, "std of the Gaussian noise added to the inputs", at_least=0)
 

@@ -154,3 +154,13 @@ def test_three_way_settings_are_bools_and_older_values_still_read():
     assert build_config(upgrade_config({"base_model": "small_cnn"}, 0), ClassifyConfig).base_model == "small_cnn_v1"
     assert parse_override("amp=none") == ("amp", "none") and parse_override("resume=none") == ("resume", None)
     assert parse_override("resume='2026-11-29_18:06:15'") == ("resume", "2026-11-29_18:06:15")
+
+
+def test_help_answers_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys\nfor main in ('train.py', 'inference.py'):\n    try:\n        runpy.run_path(main)['main'](['--help'])\n"
+            "    except SystemExit:\n        pass\nassert 'torch' not in sys.modules, 'torch was imported'")
+    r = subprocess.run([sys.executable, "-c", code], cwd=DEFAULT_CONFIG.parent.parent, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "keys of task wgan_gp" in r.stdout, r.stderr

@@ -105,7 +105,7 @@ def test_fake_data():
     assert data.train.__getitems__([(0, 0)])[0].shape == (1, 3, 16, 16)
 
 
-EVERYTHING = {"policy": "crop_flip", "random_erasing": 0.5, "mixup_alpha": 0.4, "cutmix_alpha": 1.0}
+EVERYTHING = {"policy": "crop_flip", "random_erasing": 0.5, "mixup": 0.4, "cutmix": 1.0}
 
 
 def test_every_augmentation_is_pure_and_independent_of_workers_and_ranks(digits):

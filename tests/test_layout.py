@@ -1,13 +1,18 @@
-"""The code's layering: which module may import which, no import cycles, short functions.
+"""The code's layering: which module may import which, no import cycles, short functions, and
+lower layers that name no task.
 
 Layers, top to bottom: the mains (train.py, inference.py), tasks/, infer/, train/, utils/, model/ A module
 imports only from its own layer or below; model/ imports only torch and torchvision. Imports
 inside functions count too.
 """
 import ast
+import re
 from pathlib import Path
 
 import pytest
+
+from tasks import task_dict
+from utils.config import SHARED_KEYS, own_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("model", "utils", "train", "infer", "tasks")
@@ -91,9 +96,51 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     assert imports_of(source, {"train", "train.checkpoint", "utils.dist"}) == {"train.checkpoint", "utils.dist"}
 
 
-@pytest.mark.parametrize("path", [ROOT / m for m in MAINS] + sorted((ROOT / "train").glob("*.py")), ids=lambda p: p.name)
-def test_functions_in_the_mains_and_train_are_short(path):
+@pytest.mark.parametrize("path", [ROOT / m for m in MAINS] + sorted((ROOT / "train").glob("*.py")) + sorted((ROOT / "tasks").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_functions_in_the_mains_train_and_tasks_are_short(path):
     """About 40 lines at most, docstring included, so that each reads at a glance."""
     long = [f"{n.name}: {n.end_lineno - n.lineno + 1} lines" for n in ast.walk(ast.parse(path.read_text()))
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 42]
     assert not long, long
+
+
+def task_words() -> set[str]:
+    """What names a task: its name, the word classifier/classify, its metrics, and its own keys that
+    are identifiers (with an underscore: `generator` or `dropout` are also plain words)."""
+    words = set(task_dict) | {"classif"}
+    for task in task_dict.values():
+        words |= set(task.modes) | {k for k in own_keys(task.config) if k not in SHARED_KEYS and "_" in k}
+    return words
+
+
+def task_wording(root: Path = ROOT) -> list[str]:
+    """Lines of train/ and utils/ that name a task (model/: a task's name). utils/upgrade.py is the one
+    exception: it is the history of run formats, which names the tasks of those days."""
+    words = task_words()
+    found = []
+    for pkg in ("train", "utils", "model"):
+        for path in sorted((root / pkg).rglob("*.py")):
+            if path.relative_to(root) == Path("utils/upgrade.py"):
+                continue
+            names = set(task_dict) if pkg == "model" else words
+            pattern = re.compile("|".join(rf"\b{w}" + ("" if w == "classif" else r"\b") for w in sorted(names)), re.I)
+            found += [f"{path.relative_to(root)}:{i}: {line.strip()}" for i, line in enumerate(path.read_text().splitlines(), 1)
+                      if pattern.search(line)]
+    return found
+
+
+def test_lower_layers_name_no_task():
+    """train/, utils/ and model/ hold no task's wording or defaults: tasks/ does."""
+    assert not task_wording(), task_wording()
+
+
+def test_readme_lists_exactly_the_task_interface():
+    """README's "Adding a task" table names every public member of the Task base class, and no other."""
+    from tasks.base import Task
+
+    section = (ROOT / "README.md").read_text().split("### Adding a task")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    listed = [re.match(r"\| `(\w+)", row).group(1) for row in rows]
+    public = [name for name in vars(Task) if not name.startswith("_")]
+    assert sorted(listed) == sorted(public) and len(listed) == len(set(listed)), (listed, public)

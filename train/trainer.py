@@ -60,12 +60,12 @@ class Trainer:
     `self.state` (a TrainState), so that a save at any step boundary continues exactly.
     """
 
-    def __init__(self, *, cfg: Config, phases: list[Phase], validate: Callable[[nn.Module, Any, torch.device], dict], mode: str,
+    def __init__(self, *, cfg: Config, phases: list[Phase], validate_epoch: Callable[[nn.Module, Any, torch.device], dict], mode: str,
                  parts: TrainingParts, net: nn.Module, train_loader, val_loader, device: torch.device, run: Optional[RunFolder],
                  state: TrainState, weights_meta: dict, tb=None):
         self.cfg, self.parts, self.device, self.run = cfg, parts, device, run
         self.phases = phases      # the task's losses of a step (train/phases.py)
-        self.validate = validate  # (model, val_loader, device) -> the task's validation metrics
+        self._validate_epoch = validate_epoch  # (model, val_loader, device) -> the task's validation metrics
         self.mode = mode          # which way cfg.monitor is better: max or min
         self.net = net  # parts.model, wrapped by DDP and/or torch.compile: what the loop calls
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -109,8 +109,8 @@ class Trainer:
 
     def train_epoch(self) -> dict:
         """The rest of epoch state.epoch from step state.step; returns its training metrics."""
-        s, accum = self.state, self.cfg.grad_accum_steps
-        self.sampler.set_epoch(s.epoch, s.step)
+        state, accum = self.state, self.cfg.grad_accum_steps
+        self.sampler.set_epoch(state.epoch, state.step)
         self.net.train()
         self.losses.zero_()
         self.loss_calls = 0
@@ -121,22 +121,22 @@ class Trainer:
                 continue
             self.train_step(micro)
             micro = []
-            s.step, s.global_step = s.step + 1, s.global_step + 1
+            state.step, state.global_step = state.step + 1, state.global_step + 1
             bar.update()
-            if s.step % 10 == 0:  # a NaN is caught within 10 steps, at one host sync per 10
+            if state.step % 10 == 0:  # a NaN is caught within 10 steps, at one host sync per 10
                 loss_so_far = self._check_finite()
                 if not bar.disable:
                     bar.set_postfix(loss=f"{loss_so_far / max(1, self.loss_calls):.4f}")
             fault_point("step")
-            s.seconds, t0 = s.seconds + time.perf_counter() - t0, time.perf_counter()
+            state.seconds, t0 = state.seconds + time.perf_counter() - t0, time.perf_counter()
             if self._stop_requested():
                 self._interrupt()
             every = self.cfg.checkpoint_every_steps
-            if every and s.global_step % every == 0 and s.step < self.sampler.steps_per_epoch():
+            if every and state.global_step % every == 0 and state.step < self.sampler.steps_per_epoch():
                 self.save_state()
                 t0 = time.perf_counter()  # saving is not training time
         bar.close()
-        s.seconds += time.perf_counter() - t0
+        state.seconds += time.perf_counter() - t0
         self._check_finite()
         return self.epoch_metrics()
 
@@ -174,20 +174,21 @@ class Trainer:
 
     def optimizer_step(self, phase: Phase) -> None:
         """Clip (if on), step the phase's optimizer and schedule, clear every gradient, move the EMA."""
-        p, cfg = self.parts, self.cfg
-        optimizer = p.optimizers[phase.optimizer]
+        parts, cfg = self.parts, self.cfg
+        optimizer = parts.optimizers[phase.optimizer]
         if cfg.grad_clip:
-            p.scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+            parts.scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
             norm = torch.nn.utils.clip_grad_norm_(self.clipped[phase.optimizer], cfg.grad_clip)
             self.state.add({self.norm_names[phase.optimizer]: norm}, 1)  # the mean norm before clipping, per step
-        p.scaler.step(optimizer)
-        p.scaler.update()
-        for each in p.optimizers.values():  # gradients another phase's loss left on these parameters are not used
+        parts.scaler.step(optimizer)
+        parts.scaler.update()
+        for each in parts.optimizers.values():  # gradients another phase's loss left on these parameters are not used
             each.zero_grad(set_to_none=True)
-        p.schedulers[phase.optimizer].step()
-        if p.ema is not None and phase.moves_ema:  # the decay warms up (as timm's), so early epochs' EMA is not mostly the initial weights
+        parts.schedulers[phase.optimizer].step()
+        # The EMA's decay warms up (as timm's), so early epochs' EMA is not mostly the initial weights.
+        if parts.ema is not None and phase.moves_ema:
             done = (self.state.global_step + 1) // phase.every  # the phase's steps, this one included
-            ema_update(p.ema, p.model, min(cfg.ema_decay, (1 + done) / (10 + done)))
+            ema_update(parts.ema, parts.model, min(cfg.ema_decay, (1 + done) / (10 + done)))
 
     @contextlib.contextmanager
     def _no_sync(self, skip: bool):
@@ -200,16 +201,16 @@ class Trainer:
     # ------------------------------------------------------------ the epoch's figures
     def epoch_metrics(self) -> dict:
         """The epoch's training metrics: each summed over its samples on every process, divided by their number."""
-        s = self.state
-        return {k: float(dist.all_reduce_sum(s.sums[k].clone())) / max(1, int(dist.all_reduce_sum(s.counts[k].clone())))
-                for k in s.sums}
+        state = self.state
+        return {k: float(dist.all_reduce_sum(state.sums[k].clone())) / max(1, int(dist.all_reduce_sum(state.counts[k].clone())))
+                for k in state.sums}
 
     def validate_epoch(self) -> dict:
         """The task's validation metrics of the EMA weights when on, else of the model."""
         model = self.parts.ema if self.parts.ema is not None else self.net
         model.eval()
         with torch.no_grad():
-            return self.validate(model, self.val_loader, self.device)
+            return self._validate_epoch(model, self.val_loader, self.device)
 
     def learning_rates(self) -> dict:
         """The learning rate of every optimizer: `lr` for one, `lr_<name>` for several."""
@@ -308,9 +309,9 @@ class Trainer:
             if signum == signal.SIGINT and self.stop_signal:
                 raise KeyboardInterrupt
             self.stop_signal = 130 if signum == signal.SIGINT else 143
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+            for signum, previous in old.items():
+                signal.signal(signum, previous)

@@ -67,13 +67,13 @@ class Augment:
     seed: int
     policy: str = "none"          # one of POLICIES
     random_erasing: float = 0.0   # probability per sample
-    mixup_alpha: float = 0.0      # Beta(alpha, alpha) mixing weight; 0: off
-    cutmix_alpha: float = 0.0
+    mixup: float = 0.0      # Beta(alpha, alpha) mixing weight; 0: off
+    cutmix: float = 0.0
     num_classes: int = 0
 
     @property
     def mixes(self) -> bool:
-        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+        return self.mixup > 0 or self.cutmix > 0
 
 
 def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, fill: Optional[torch.Tensor] = None,
@@ -154,10 +154,10 @@ def mix(x: torch.Tensor, y: torch.Tensor, x2: torch.Tensor, y2: torch.Tensor, au
     from scipy.special import betaincinv
 
     n, _, h, w = x.shape
-    use_cutmix = np.full(n, aug.cutmix_alpha > 0)
-    if aug.mixup_alpha > 0 and aug.cutmix_alpha > 0:  # both on: each sample picks one, half and half
+    use_cutmix = np.full(n, aug.cutmix > 0)
+    if aug.mixup > 0 and aug.cutmix > 0:  # both on: each sample picks one, half and half
         use_cutmix = sample_randint(aug.seed, epochs, index, _MIX, 2) == 1
-    alpha = np.where(use_cutmix, aug.cutmix_alpha, aug.mixup_alpha)
+    alpha = np.where(use_cutmix, aug.cutmix, aug.mixup)
     lam = betaincinv(alpha, alpha, sample_uniform(aug.seed, epochs, index, _LAM))  # Beta(alpha, alpha) by inversion
     # cutmix: a box of area (1 - lam) from the partner, centred at random, clipped to the image
     cut = np.sqrt(1.0 - lam)

@@ -99,7 +99,7 @@ class Config:
     name: Optional[str] = key(None, "a short label for the run (letters, digits . _ + -); name:<name> picks the newest run with it")
     tags: list[str] = key([], "labels to filter runs by: [baseline, sweep1] or tags=a,b")
     notes: Optional[str] = key(None, "free text kept with the run (more can be added later: train.py --note ID TEXT)")
-    task: str = key("classify", "what the loop trains: a key of task_dict (tasks/); its own keys follow it")
+    task: str = key("", "what the loop trains: a key of task_dict (tasks/; default its first); its own keys follow it")
 
 
 # Keys that describe the machine a run is on, not the experiment.
@@ -123,9 +123,9 @@ def defaults_of(cls: type) -> dict[str, Any]:
 
 
 def own_keys(cls: type) -> list[str]:
-    """A task's keys and the shared keys whose defaults it changes, in declaration order."""
+    """A task's keys and the shared keys whose defaults it changes (its name aside), in declaration order."""
     shared = defaults_of(Config)
-    return [k for k, v in defaults_of(cls).items() if k not in shared or shared[k] != v]
+    return [k for k, v in defaults_of(cls).items() if k != "task" and (k not in shared or shared[k] != v)]
 
 
 def owner_of(name: str, configs: dict[str, type]) -> Optional[str]:
@@ -342,8 +342,9 @@ def load_config(config_file: Optional[str], overrides: list[str], configs: dict[
     from_line = dict(parse_override(o, configs) for o in overrides)
     if task is not None and from_line.get("task", task) != task:
         raise UsageError(f"task: the run is a {task} run, not {from_line['task']}; drop task=")
-    task = task or from_line.get("task", from_file.get("task", Config.task))
-    file_task = from_file.get("task", Config.task)
+    first = next(iter(configs))  # the registry's first task is the default
+    task = task or from_line.get("task", from_file.get("task", first))
+    file_task = from_file.get("task", first)
     cls = task_config(task, configs, "task")
     values = {}
     for name, value in from_file.items():
@@ -393,7 +394,7 @@ def saved_config(values: dict, configs: dict[str, type], run_format: int) -> Con
     from utils.upgrade import upgrade_config
 
     values = upgrade_config(values, run_format)
-    cls = task_config(values.get("task", Config.task), configs, "task")
+    cls = task_config(values.get("task"), configs, "task")
     if run_format < 2:  # every task's keys were written into every config.yaml
         values = {k: v for k, v in values.items() if k in fields_of(cls)}
     return build_config(values, cls)

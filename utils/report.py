@@ -99,17 +99,18 @@ def _num(v) -> str:
 
 
 def curves(folder: Path, metric: str, width: int = 140, height: int = 34) -> str:
-    """Train and validation loss (blue, orange, one scale) and the headline metric (green, its own
+    """The first two loss columns (blue, orange, one scale) and the headline metric (green, its own
     scale) per epoch, as an inline SVG; a link to curves.png when the run drew one."""
     rows = read_metrics(folder)
-    series = [("train_loss", "#1f77b4"), ("val_loss", "#ff7f0e"), (metric, "#2ca02c")]
+    losses = [k for k in dict.fromkeys(k for r in rows for k in r) if k.endswith("loss") and k != metric][:2]
+    series = [*zip(losses, ("#1f77b4", "#ff7f0e")), (metric, "#2ca02c")]
     lines = []
-    loss = [r[k] for r in rows for k in ("train_loss", "val_loss") if k in r]
+    loss = [r[k] for r in rows for k in losses if k in r]
     for key, color in series:
         points = [(r["epoch"], r[key]) for r in rows if key in r and "epoch" in r]
         if len(points) < 2:
             continue
-        values = loss if key in ("train_loss", "val_loss") else [v for _, v in points]
+        values = loss if key in losses else [v for _, v in points]
         lo, hi = min(values), max(values)
         x0, x1 = points[0][0], points[-1][0]
         xy = " ".join(f"{(e - x0) / ((x1 - x0) or 1) * (width - 4) + 2:.1f},"
