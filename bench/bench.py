@@ -23,13 +23,17 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from tasks.base import resolve_auto  # noqa: E402
 from tasks.classify import Classify  # noqa: E402
-from train import Trainer, checkpoint, evaluate  # noqa: E402
-from train.build import build_model, build_optimizer, build_scheduler, resolve_auto  # noqa: E402
+from tasks.classify.config import ClassifyConfig as Config  # noqa: E402
+from tasks.classify.training import build_classifier as build_model  # noqa: E402
+from tasks.classify.training import evaluate  # noqa: E402
+from train import checkpoint  # noqa: E402
+from train.build import build_optimizer, build_scheduler  # noqa: E402
 from train.checkpoint import TrainingParts, TrainState  # noqa: E402
 from train.device import AMP_DTYPES, set_determinism  # noqa: E402
+from train.trainer import Trainer  # noqa: E402
 from utils.augment import AUTO_POLICY, Augment  # noqa: E402
-from utils.config import Config  # noqa: E402
 from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, make_loader  # noqa: E402
 
 ROWS: list[tuple] = []  # (figure, template, baseline, ratio, target)
@@ -64,7 +68,7 @@ def setup(cfg: Config):
     if cfg.augment != "none":
         data.train.augment = Augment(cfg.seed, AUTO_POLICY[cfg.dataset] if cfg.augment == "auto" else cfg.augment)
     model = build_model(cfg, data.info)
-    if resolve_auto(cfg, torch.device("cpu"), model, Classify()).channels_last == "true":
+    if resolve_auto(cfg, torch.device("cpu"), model, Classify()).channels_last:
         model.to(memory_format=torch.channels_last)  # as train.py does
     sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed)
     loader = make_loader(data.train, sampler, cfg.num_workers, False)
@@ -78,8 +82,9 @@ def make_trainer(cfg: Config, model, loader, val_loader) -> Trainer:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, loader.batch_sampler.steps_per_epoch())
     parts = TrainingParts(model, {"model": optimizer}, {"model": scheduler}, torch.amp.GradScaler("cpu", enabled=False))
-    return Trainer(cfg=cfg, task=task, parts=parts, net=model, train_loader=loader, val_loader=val_loader,
-                   device=torch.device("cpu"), run=None, state=TrainState(sums=task.new_sums()), weights_meta={})
+    return Trainer(cfg=cfg, phases=task.phases(cfg), validate_epoch=lambda *a: task.validate_epoch(cfg, *a), mode="max",
+                   parts=parts, net=model, train_loader=loader, val_loader=val_loader, device=torch.device("cpu"), run=None,
+                   state=TrainState(), weights_meta={})
 
 
 def trainer_epoch(trainer: Trainer) -> None:
@@ -95,7 +100,7 @@ def plain_epoch(cfg, model, optimizer, scheduler, loader) -> None:
     model.train()
     dtype = AMP_DTYPES[cfg.amp]
     for x, y in loader:
-        if cfg.channels_last == "true":
+        if cfg.channels_last:
             x = x.to(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)

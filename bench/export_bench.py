@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from infer.export import export_model  # noqa: E402
-
 from infer.onnx_backend import OnnxModel  # noqa: E402
 from model import model_dict  # noqa: E402
+from tasks.classify.export import export_model  # noqa: E402
 
 CASES = (("small_cnn", 1, 28, 10), ("resnet18", 3, 32, 10))  # name, channels, side, classes
 

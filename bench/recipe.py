@@ -40,12 +40,14 @@ def say(line: str) -> None:
 def template_epoch(n: int):
     """One epoch of the template's Trainer on its defaults for Fashion-MNIST (first n images), as a
     callable, and the number of images it trains on."""
+    from tasks.base import resolve_auto
     from tasks.classify import Classify
-    from train import Trainer
-    from train.build import build_model, build_optimizer, build_scheduler, resolve_auto
+    from tasks.classify.config import ClassifyConfig as Config
+    from tasks.classify.training import build_classifier as build_model
+    from train.build import build_optimizer, build_scheduler
     from train.checkpoint import TrainingParts, TrainState
+    from train.trainer import Trainer
     from utils.augment import Augment
-    from utils.config import Config
     from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, make_loader
 
     cfg = Config(dataset="fashion_mnist", data_dir=FASHION, epochs=15)  # the defaults: batch 64
@@ -54,16 +56,17 @@ def template_epoch(n: int):
     model = build_model(cfg, data.info)
     task = Classify()
     cfg = resolve_auto(cfg, torch.device("cpu"), model, task)
-    if cfg.channels_last == "true":
+    if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     data.train.augment = Augment(cfg.seed, cfg.augment, num_classes=10)
     sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed)
     opt = build_optimizer(cfg, model)
     parts = TrainingParts(model, {"model": opt}, {"model": build_scheduler(cfg, opt, sampler.steps_per_epoch())},
                           torch.amp.GradScaler("cpu", enabled=False))
-    trainer = Trainer(cfg=cfg, task=task, parts=parts, net=model, train_loader=make_loader(data.train, sampler, 0, False),
+    trainer = Trainer(cfg=cfg, phases=task.phases(cfg), validate_epoch=lambda *a: task.validate_epoch(cfg, *a), mode="max",
+                      parts=parts, net=model, train_loader=make_loader(data.train, sampler, 0, False),
                       val_loader=make_loader(data.val, EvalBatchSampler(len(data.val), BATCH), 0, False),
-                      device=torch.device("cpu"), run=None, state=TrainState(sums=task.new_sums()), weights_meta={})
+                      device=torch.device("cpu"), run=None, state=TrainState(), weights_meta={})
     def epoch() -> None:
         trainer.state.epoch, trainer.state.step = trainer.state.epoch + 1, 0
         trainer.train_epoch()

@@ -9,7 +9,7 @@ SIZE=${1:-2560}
 BATCH=${2:-128}
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(0), torch.__version__)"
 python train.py device=cuda base_model=resnet50 dataset=fake image_size=224 fake_size="$SIZE" batch_size="$BATCH" \
-  amp=bf16 channels_last=true compile=true deterministic=false augment=false epochs=2 num_workers=4 progress=false
+  amp=bf16 channels_last=true compile=true deterministic=false augment=none epochs=2 num_workers=4 progress=false
 python bench/gpu_plain.py --size "$SIZE" --batch "$BATCH" --epochs 2
 python - "$SIZE" "$BATCH" <<'PY'
 import json, sys

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow  # each test starts train.py / inference.py proces
 # A model without BatchNorm or dropout, no augmentation, fp32 (bf16 would round the differences up):
 # then the split of a global batch
 # across processes or micro-batches changes nothing but the order of float sums.
-EXACT = ("device=cpu", "base_model=mlp", "dropout=0", "augment=false", "amp=none", "epochs=2")
+EXACT = ("device=cpu", "base_model=mlp", "dropout=0", "augment=none", "amp=none", "epochs=2")
 
 
 def torchrun(project, nproc, *args):

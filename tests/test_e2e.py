@@ -105,8 +105,8 @@ BAD_INPUTS = [
     (["batch_size=5000"], "batch_size: 5000 is larger than the 1438 training samples"),
     (["--bogus"], "unrecognized arguments"),
     (["augment=flipflop"], "augment: 'flipflop' is not one of"),
-    (["mixup_alpha=-0.5"], "mixup_alpha: must be 0 or more, got -0.5"),
-    (["monitor=val_f1"], "monitor: 'val_f1' is not one of val_acc | val_loss"),
+    (["mixup_alpha=-0.5"], "mixup_alpha: must be at least 0, got -0.5"),
+    (["monitor=val_f1"], "monitor: 'val_f1' is not a validation metric of task classify; use auto or one of val_acc | val_loss"),
     (["dataset=mnist"], "data_dir: dataset mnist needs data_dir"),
 ]
 

@@ -118,7 +118,7 @@ def test_state_pt_holds_everything_and_loads_safely(baseline):
     project, _ = baseline
     run_id = project.run_ids()[0]
     state = torch.load(project.experiments / run_id / "state.pt", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "global_step", "sums", "history", "rng"):
+    for key in ("format", "model", "optimizers", "schedulers", "scaler", "epoch", "step", "global_step", "sums", "history", "rng"):
         assert key in state, key
     assert set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
     assert state["epoch"] == 4 and state["step"] == 0 and len(state["history"]) == 4
