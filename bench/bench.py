@@ -119,7 +119,7 @@ def bench_loop(reps: int) -> None:
     data, model, sampler, loader, val_loader = setup(cfg)
     trainer = make_trainer(cfg, model, loader, val_loader)
     fns = {"template": lambda: trainer_epoch(trainer),
-           "plain": lambda: plain_epoch(cfg, model, trainer.parts.optimizer, trainer.parts.scheduler, loader)}
+           "plain": lambda: plain_epoch(cfg, model, trainer.parts.optimizers["model"], trainer.parts.schedulers["model"], loader)}
     t = interleaved(fns, reps)
     step = t["plain"] / sampler.steps_per_epoch()  # one small_cnn step of the plain loop
     record("loop: Trainer epoch / hand-written loop (digits)", t["template"], t["plain"], t["template"] / t["plain"], "<= 1.03")
@@ -130,8 +130,9 @@ def bench_loop(reps: int) -> None:
     # step is almost all loop, so the difference per step is what the Trainer adds to any step.
     tiny = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     tiny_trainer = make_trainer(cfg, tiny, loader, val_loader)
+    tiny_parts = tiny_trainer.parts
     t = interleaved({"template": lambda: trainer_epoch(tiny_trainer),
-                     "plain": lambda: plain_epoch(cfg, tiny, tiny_trainer.parts.optimizer, tiny_trainer.parts.scheduler, loader)}, reps)
+                     "plain": lambda: plain_epoch(cfg, tiny, tiny_parts.optimizers["model"], tiny_parts.schedulers["model"], loader)}, reps)
     extra = (t["template"] - t["plain"]) / sampler.steps_per_epoch()
     record("loop: Trainer's own cost per step (one-layer model) / a small_cnn step", extra * 1e6, step * 1e6,
            1 + extra / step, "(informative: 1 + cost/step)", "us")
@@ -233,7 +234,7 @@ def bench_state(reps: int) -> None:
             trainer = make_trainer(cfg, model, loader, val_loader)
             x, y = next(iter(loader))
             F.cross_entropy(model(x), y).backward()
-            trainer.parts.optimizer.step()  # AdamW's moments exist: the state is ~3x the weights
+            trainer.parts.optimizers["model"].step()  # AdamW's moments exist: the state is ~3x the weights
             state = checkpoint.state_dict(trainer.state, trainer.parts)
 
             def bare() -> None:
