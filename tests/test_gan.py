@@ -1,7 +1,6 @@
 """task=wgan_gp: what is its own (latent codes, what a run records, samples.png, Frechet distance,
 class shares, the A/B report of two GAN runs). The guarantees every task shares (exact resume,
 same sha256 twice, signals, NaN) are tests/test_tasks.py's."""
-import hashlib
 import json
 
 import numpy as np
@@ -34,21 +33,6 @@ def test_frechet_distance_and_class_shares():
     assert class_shares(probs, ["x", "y"]) == {"confident": 0.75, "per_class": {"x": 0.5, "y": 0.25}}
 
 
-def tensors_sha(path, prefix):
-    from safetensors.torch import load_file
-
-    state = load_file(path)
-    h = hashlib.sha256()
-    for k in sorted(k for k in state if k.startswith(prefix)):
-        h.update(k.encode() + state[k].numpy().tobytes())
-    return h.hexdigest()
-
-
-def shas(project, run_id):
-    weights = project.experiments / run_id / "model.safetensors"
-    return project.info(run_id)["weights"]["sha256"], tensors_sha(weights, "generator."), tensors_sha(weights, "critic.")
-
-
 @pytest.fixture(scope="module")
 def gan_store(tmp_path_factory):
     """A digits classifier, and a 2-epoch GAN measured by it at each epoch (val_fd)."""
@@ -61,7 +45,7 @@ def gan_store(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_same_config_same_weights_and_what_the_run_records(gan_store):
+def test_what_a_gan_run_records(gan_store):
     project, classifier, gan = gan_store
     info = project.info(gan)
     assert info["task"] == "wgan_gp" and info["config"]["fid_features"] == classifier  # name:digits, pinned to the id
@@ -69,8 +53,6 @@ def test_same_config_same_weights_and_what_the_run_records(gan_store):
     header = (project.experiments / gan / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"critic_loss", "gen_loss", "gp", "train_wdist", "val_wdist", "val_fd"} <= set(header)
     assert set(info["metrics"]) == {"critic_loss", "gen_loss", "gp", "train_wdist", "val_wdist", "val_fd"}
-    again = project.train(*GAN, "fid_features=name:digits")
-    assert shas(project, again) == shas(project, gan)
     listing = project.run("train.py", "--list", "task=wgan_gp").stdout
     assert gan in listing and classifier not in listing
 
