@@ -1,13 +1,16 @@
 """model_dict: the one registry. Adding a model is one class and one line here.
 
 A classifier takes (in_channels, num_classes, image_size, dropout, pretrained) and returns logits
-of shape (B, num_classes). A GAN's generator takes (latent_dim, out_channels, image_size) and its
-critic (in_channels, image_size): each task builds its models with its own arguments (tasks/).
+of shape (B, num_classes); one for volumes says `volumetric = True` and gets image_size as
+(X, Y, Z). A GAN's generator takes (latent_dim, out_channels, image_size) and its critic
+(in_channels, image_size): each task builds its models with its own arguments (tasks/).
 """
 from model.dcgan import DCGANCritic, DCGANGenerator
 from model.mlp import MLP
 from model.resnet import ResNet18, ResNet50
+from model.resnet3d import ResNet18_3d
 from model.small_cnn import SmallCNN
+from model.small_cnn3d import SmallCNN3d
 from model.small_cnn_v1 import SmallCNNv1
 
 model_dict = {
@@ -18,4 +21,6 @@ model_dict = {
     "small_cnn_v1": SmallCNNv1,
     "dcgan_generator": DCGANGenerator,
     "dcgan_critic": DCGANCritic,
+    "small_cnn3d": SmallCNN3d,
+    "resnet18_3d": ResNet18_3d,
 }

@@ -69,9 +69,10 @@ class Task:
 
     def augmentation(self, cfg: Config, info: DataInfo) -> Augment:
         """What is done to the training samples (utils/augment.py), a pure function of (seed, epoch, index)."""
-        from utils.augment import Augment
+        from utils.augment import Augment, check_policy
 
-        return Augment(cfg.seed, cfg.augment, cfg.random_erasing)
+        check_policy(cfg.augment, info.volumetric)
+        return Augment(cfg.seed, cfg.augment, cfg.random_erasing, flip_axes=tuple(cfg.flip_axes))
 
     def build_parts(self, cfg: Config, model: nn.Module, steps_per_epoch: int, device: torch.device) -> TrainingParts:
         """The model, its optimizers and schedules by name, the scaler and the EMA. By default one

@@ -8,14 +8,23 @@ import torch
 from model import model_dict
 
 CLASSIFIERS = sorted(n for n, cls in model_dict.items() if "num_classes" in inspect.signature(cls).parameters)
+VOLUMETRIC = [n for n in CLASSIFIERS if getattr(model_dict[n], "volumetric", False)]
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", [n for n in CLASSIFIERS if n not in VOLUMETRIC])
 @pytest.mark.parametrize("channels, size, classes", [(1, 8, 10), (3, 32, 5)])
 def test_forward_shapes(name, channels, size, classes):
     model = model_dict[name](in_channels=channels, num_classes=classes, image_size=size, dropout=0.1).eval()
     with torch.no_grad():
         assert model(torch.randn(2, channels, size, size)).shape == (2, classes)
+
+
+@pytest.mark.parametrize("name", VOLUMETRIC)
+@pytest.mark.parametrize("channels, size, classes", [(1, (8, 8, 8), 2), (2, (20, 16, 12), 4), (1, (72, 64, 64), 3)])
+def test_volume_models_fit_the_volume(name, channels, size, classes):
+    model = model_dict[name](in_channels=channels, num_classes=classes, image_size=size, dropout=0.1).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, channels, *size)).shape == (1, classes)
 
 
 def test_resnet_on_large_images_keeps_the_imagenet_stem():

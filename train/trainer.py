@@ -32,7 +32,7 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> tor
     """A batch on the device. memory_format is passed only for channels_last: asking for
     contiguous_format re-strides 1-channel batches onto a slower CPU convolution path."""
     if channels_last:
-        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+        return x.to(device, non_blocking=True, memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
     return x.to(device, non_blocking=True)
 
 

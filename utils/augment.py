@@ -10,7 +10,9 @@ The geometric policies are torchvision.transforms.v2's, applied to a whole batch
 parameters from the hash: `translate` is v2.RandomCrop(size, padding=size // 8) (black fill),
 `crop_flip` adds v2.RandomHorizontalFlip, random erasing is v2.RandomErasing's box (area 2-33%,
 aspect 0.3-3.3, value 0 after normalisation). `trivialaugment` runs v2.TrivialAugmentWide per
-sample, its RNG seeded from the hash.
+sample, its RNG seeded from the hash. `volume` is the 3D policy: a random translation of up to
+1/8 of each side (zero fill), a flip of each axis in `flip_axes` with probability 1/2, and an
+intensity scale in [0.9, 1.1] and shift in [-0.1, 0.1] of the [0, 1] intensities.
 """
 import math
 from dataclasses import dataclass
@@ -20,13 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("none", "translate", "crop_flip", "trivialaugment")
+POLICIES = ("none", "translate", "crop_flip", "trivialaugment", "volume")
 # augment: auto. No flips for digits: a flipped digit is another digit (or none).
 AUTO_POLICY = {"digits": "translate", "mnist": "translate", "fake": "translate", "image_folder": "translate",
-               "fashion_mnist": "crop_flip", "cifar10": "crop_flip", "cifar100": "crop_flip"}
+               "fashion_mnist": "crop_flip", "cifar10": "crop_flip", "cifar100": "crop_flip", "volume_folder": "volume"}
 
 # Streams: independent hash outputs for the same (seed, epoch, index).
 _DY, _DX, _FLIP, _ERASE, _PARTNER, _MIX, _LAM, _BOX, _TRIVIAL = range(1, 10)
+_SHIFT_3D, _FLIP_3D, _SCALE, _OFFSET = (10, 11, 12), (13, 14, 15), 16, 17
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -70,10 +73,20 @@ class Augment:
     mixup: float = 0.0      # Beta(alpha, alpha) mixing weight; 0: off
     cutmix: float = 0.0
     num_classes: int = 0
+    flip_axes: tuple = (0,)       # volume: the axes a sample may be flipped along
 
     @property
     def mixes(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
+
+
+def check_policy(policy: str, volumetric: bool) -> None:
+    """`volume` is for volumes, the others for images: exit 2 otherwise."""
+    from utils.errors import UsageError
+
+    if policy not in ("none", "volume" if volumetric else policy) or (policy == "volume" and not volumetric):
+        raise UsageError(f"augment: '{policy}' is for {'images' if volumetric else 'volumes'}; use "
+                         f"{'volume' if volumetric else 'translate, crop_flip or trivialaugment'} (or auto, or none)")
 
 
 def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, fill: Optional[torch.Tensor] = None,
@@ -93,7 +106,10 @@ def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, fil
 
 
 def geometric(x: torch.Tensor, aug: Augment, epochs: np.ndarray, index: np.ndarray) -> torch.Tensor:
-    """The policy's per-sample transform of x (N, C, H, W), uint8 or float in [0, 1]."""
+    """The policy's per-sample transform of x (N, C, H, W), uint8 or float in [0, 1] (volumes:
+    (N, C, X, Y, Z) float)."""
+    if x.ndim == 5:
+        return volume_policy(x, aug, epochs, index) if aug.policy == "volume" else x
     if aug.policy in ("translate", "crop_flip"):
         pad = max(1, x.shape[-1] // 8)
         dy = torch.from_numpy(sample_randint(aug.seed, epochs, index, _DY, 2 * pad + 1) - pad)
@@ -105,6 +121,34 @@ def geometric(x: torch.Tensor, aug: Augment, epochs: np.ndarray, index: np.ndarr
     elif aug.policy == "trivialaugment":
         x = _trivialaugment(x, aug.seed, epochs, index)
     return x
+
+
+def volume_policy(x: torch.Tensor, aug: Augment, epochs: np.ndarray, index: np.ndarray) -> torch.Tensor:
+    """Shift, flip and intensity of each volume of x (N, C, X, Y, Z), float."""
+    n, sizes = len(x), x.shape[2:]
+    pads = [max(1, s // 8) for s in sizes]
+    shifts = [torch.from_numpy(sample_randint(aug.seed, epochs, index, _SHIFT_3D[a], 2 * pads[a] + 1) - pads[a]) for a in range(3)]
+    flips = [torch.from_numpy(sample_randint(aug.seed, epochs, index, _FLIP_3D[a], 2) == 1) if a in aug.flip_axes
+             else torch.zeros(n, dtype=torch.bool) for a in range(3)]
+    x = translate_3d(x, shifts, pads, flips)
+    scale = torch.from_numpy(0.9 + 0.2 * sample_uniform(aug.seed, epochs, index, _SCALE)).float().view(n, 1, 1, 1, 1)
+    offset = torch.from_numpy(-0.1 + 0.2 * sample_uniform(aug.seed, epochs, index, _OFFSET)).float().view(n, 1, 1, 1, 1)
+    return x * scale + offset
+
+
+def translate_3d(x: torch.Tensor, shifts: list, pads: list, flips: list) -> torch.Tensor:
+    """Shift each volume of x (N, C, X, Y, Z) by shifts[a][n] voxels along axis a (|shift| <= pads[a],
+    zero fill) and mirror it along axis a where flips[a][n]: one gather."""
+    n, c = x.shape[:2]
+    padded = F.pad(x, [p for a in (2, 1, 0) for p in (pads[a], pads[a])])  # F.pad lists the last axis first
+    index = []
+    for a, size in enumerate(x.shape[2:]):
+        coords = torch.arange(size).expand(n, size)
+        coords = torch.where(flips[a].view(n, 1), size - 1 - coords, coords)
+        view = [n, 1, 1, 1, 1]
+        view[2 + a] = size
+        index.append(((pads[a] - shifts[a]).view(n, 1) + coords).view(view))
+    return padded[(torch.arange(n).view(n, 1, 1, 1, 1), torch.arange(c).view(1, c, 1, 1, 1), *index)]
 
 
 def _trivialaugment(x: torch.Tensor, seed: int, epochs: np.ndarray, index: np.ndarray) -> torch.Tensor:

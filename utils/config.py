@@ -14,7 +14,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, get_origin, get_type_hints
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -25,18 +25,20 @@ DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")  # a run's name and each tag: safe in a path, a URL, a shell
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake", "volume_folder")
+FOLDER_DATASETS = ("image_folder", "volume_folder")  # data_dir is a folder of class sub-folders
 NAMED_DATASETS = DATASETS[1:5]  # read from files in data_dir
 
 
 def key(default: Any, help: str, *, choices: Optional[tuple] = None, at_least: Optional[float] = None,
         above: Optional[float] = None, below: Optional[float] = None, at_most: Optional[float] = None,
-        model: bool = False, auto: bool = False) -> Any:
-    """A config field: its default, its meaning (--help), and its checks (check_config applies them).
-    model: the value is a key of model_dict. auto: a three-way setting, `auto | true | false`,
-    held as None | True | False (None until resolved at the start of a run)."""
+        model: bool = False, auto: bool = False, triple: bool = False) -> Any:
+    """A config field: its default, its meaning (--help), and its checks (check_config applies them;
+    on a list, to each element). model: the value is a key of model_dict. auto: a three-way setting,
+    `auto | true | false`, held as None | True | False (None until resolved at the start of a run).
+    triple: a list of three integers, one integer standing for three equal ones."""
     checks = {"choices": choices, "at_least": at_least, "above": above, "below": below, "at_most": at_most,
-              "model": model, "auto": auto}
+              "model": model, "auto": auto, "triple": triple}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **checks})
     return field(default=default, metadata={"help": help, **checks})
@@ -60,8 +62,8 @@ class Config:
     seed: int = key(0, "seed of the weights, the data order, augmentation and dropout", at_least=0)
     split_seed: int = key(0, "seed of the train/validation split (fixed across seeds)", at_least=0)
     deterministic: bool = key(True, "bit-identical results on the same machine (slower paths on GPU)")
-    dataset: str = key("digits", "digits (sklearn's 8x8) | mnist | fashion_mnist | cifar10 | cifar100 | image_folder | fake",
-                       choices=DATASETS)
+    dataset: str = key("digits", "digits (sklearn's 8x8) | mnist | fashion_mnist | cifar10 | cifar100 | image_folder | fake "
+                       "| volume_folder (3D: NIfTI or .npy volumes)", choices=DATASETS)
     data_dir: Optional[str] = key(None, "files of mnist ... cifar100, or class sub-folders (optionally in train/, val/): image_folder")
     download: bool = key(False, "mnist ... cifar100: fetch missing files into data_dir with torchvision's helpers")
     image_size: Optional[int] = key(None, "square side images are resized to; null: the data's own (an image_folder's median side)",
@@ -69,11 +71,17 @@ class Config:
     val_fraction: float = key(0.2, "share held out for validation when there is no val/ folder (named sets: their test split)",
                               above=0, below=1)
     fake_size: int = key(512, "number of samples (dataset: fake)", at_least=1)
+    volume_size: Optional[list[int]] = key(None, "volumes are resampled (trilinear) to this: one side or three (X, Y, Z); "
+                                           "null: the data's median shape", at_least=4, at_most=1024, triple=True)
+    intensity: str = key("percentile", "volumes' intensities, per volume: percentile (1st..99th to [0, 1], clipped) | minmax | "
+                         "zscore", choices=("percentile", "minmax", "zscore"))
     cache_mb: int = key(4096, "image_folder: keep decoded images in memory as uint8 when they fit in this many MiB (0: off)",
                         at_least=0)
     num_workers: int = key(0, "data loading processes (0: in the main process, best for data held in memory)", at_least=0)
-    augment: str = key("auto", "auto | none | translate | crop_flip | trivialaugment (auto: the task's choice for the data)",
-                       choices=("auto", "none", "translate", "crop_flip", "trivialaugment"))
+    augment: str = key("auto", "auto | none | translate | crop_flip | trivialaugment | volume (auto: the task's choice for "
+                       "the data)", choices=("auto", "none", "translate", "crop_flip", "trivialaugment", "volume"))
+    flip_axes: list[int] = key([0], "augment: volume: the axes flipped at random (0: left-right in RAS, 1: front-back, 2: up-down)",
+                               at_least=0, at_most=2)
     random_erasing: float = key(0.0, "probability of erasing a random box of a training image", at_least=0, at_most=1)
     warmup_epochs: float = key(1.0, "linear learning-rate warmup, then the schedule", at_least=0)
     grad_clip: float = key(0.0, "clip the gradient norm of each optimizer's parameters to this (0: off); the norm before "
@@ -145,19 +153,28 @@ def suggest(word: str, options: list[str]) -> str:
 
 # ---------------------------------------------------------------- converting values
 def base_type(cls: type, name: str) -> tuple[type, bool]:
-    """The key's declared type without Optional, and whether it may be null."""
+    """The key's declared type without Optional (list for any list), and whether it may be null."""
     tp = get_type_hints(cls)[name]
-    if get_origin(tp) is list:
-        return list, False
-    args = getattr(tp, "__args__", None)
-    return (args[0], True) if args else (tp, False)
+    optional = get_origin(tp) is Union
+    tp = get_args(tp)[0] if optional else tp
+    return (list if get_origin(tp) is list else tp), optional
+
+
+def element_type(cls: type, name: str) -> type:
+    """The type of a list key's elements."""
+    tp = get_type_hints(cls)[name]
+    tp = get_args(tp)[0] if get_origin(tp) is Union else tp
+    return get_args(tp)[0]
 
 
 def _type_name(cls: type, name: str) -> str:
     if fields_of(cls)[name].metadata.get("auto"):
         return "auto, true or false"
     base, optional = base_type(cls, name)
-    text = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}[base]
+    if fields_of(cls)[name].metadata.get("triple"):
+        text = "an integer or a list of three"
+    else:
+        text = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}[base]
     return text + (" or null" if optional else "")
 
 
@@ -186,12 +203,28 @@ def convert(cls: type, name: str, value: Any) -> Any:
             except ValueError:
                 pass
     elif base is list:  # tags: [a, b], or a,b as typed on the command line
+        return _list(cls, name, value)
+    elif base is str:
+        return _string(name, value)
+    raise ValueError(f"expected {_type_name(cls, name)}, got {value!r}")
+
+
+def _list(cls: type, name: str, value: Any) -> list:
+    """A list key's value: [a, b] or a,b; of strings (each once) or of integers (three for a triple key)."""
+    if element_type(cls, name) is str:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(dict.fromkeys(value))
-    elif base is str:
-        return _string(name, value)
+    else:
+        triple = fields_of(cls)[name].metadata.get("triple")
+        if isinstance(value, str):
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        value = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+        value = value * 3 if triple and isinstance(value, list) and len(value) == 1 else value
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value) \
+                and (not triple or len(value) == 3):
+            return value
     raise ValueError(f"expected {_type_name(cls, name)}, got {value!r}")
 
 
@@ -280,7 +313,7 @@ def build_config(values: dict, cls: type = Config) -> Config:
         cfg = cls(**merged)
         problems = check_config(cfg)
     if problems:
-        raise UsageError("config: " + "; ".join(problems))
+        raise UsageError("config: " + "; ".join(dict.fromkeys(problems)))
     return cfg
 
 
@@ -295,9 +328,9 @@ def check_config(cfg: Config) -> list[str]:
         problems.append(f"batch_size: {cfg.batch_size} is not a multiple of grad_accum_steps={cfg.grad_accum_steps}")
     if cfg.dataset in NAMED_DATASETS and not cfg.data_dir:
         problems.append(f"data_dir: dataset {cfg.dataset} needs data_dir, the folder of its files (with download: true, where they go)")
-    if cfg.dataset == "image_folder":
+    if cfg.dataset in FOLDER_DATASETS:
         if not cfg.data_dir:
-            problems.append("data_dir: dataset image_folder needs data_dir, a folder of class sub-folders")
+            problems.append(f"data_dir: dataset {cfg.dataset} needs data_dir, a folder of class sub-folders")
         elif not Path(cfg.data_dir).expanduser().is_dir():
             problems.append(f"data_dir: '{cfg.data_dir}' is not a folder; point it at a folder of class sub-folders")
     for label in ([cfg.name] if cfg.name is not None else []) + cfg.tags:
@@ -314,7 +347,9 @@ def check_config(cfg: Config) -> list[str]:
 def _field_problems(f: dataclasses.Field, value: Any) -> list[str]:
     """What is wrong with `value` by the checks field f declares (key())."""
     m, name = f.metadata, f.name
-    if value is None or isinstance(value, (bool, list)):
+    if isinstance(value, list):
+        return [p for v in value if not isinstance(v, str) for p in _field_problems(f, v)]
+    if value is None or isinstance(value, bool):
         return []
     if m.get("choices") and value not in m["choices"]:
         return [f"{name}: '{value}' is not one of {' | '.join(m['choices'])}{suggest(value, list(m['choices']))}"]
@@ -415,7 +450,8 @@ def yaml_value(cfg_or_cls: Any, name: str, value: Any) -> Any:
 def to_yaml(cfg: Config, header: str = "") -> str:
     """The full resolved config as YAML, one key a line in declaration order."""
     lines = [f"# {header}"] if header else []
-    lines += [yaml.safe_dump({k: yaml_value(cfg, k, v)}, default_flow_style=False, sort_keys=False).rstrip()
+    lines += [f"{k}: {yaml.safe_dump(v, default_flow_style=True).strip()}" if isinstance(v, list)  # tags: [a, b]
+              else yaml.safe_dump({k: yaml_value(cfg, k, v)}, default_flow_style=False, sort_keys=False).rstrip()
               for k, v in dataclasses.asdict(cfg).items()]
     return "\n".join(lines) + "\n"
 

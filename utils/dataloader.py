@@ -38,9 +38,14 @@ class DataInfo:
     """What a model and the inference preprocessing need to know about the data."""
     class_names: list
     in_channels: int
-    image_size: int
+    image_size: "int | tuple"  # an image's square side, or a volume's (X, Y, Z)
     mean: tuple
     std: tuple
+
+    @property
+    def volumetric(self) -> bool:
+        """3D samples (N, C, X, Y, Z) rather than 2D (N, C, H, W)."""
+        return isinstance(self.image_size, (tuple, list))
 
 
 def data_fields(info: DataInfo) -> dict:
@@ -51,7 +56,8 @@ def data_fields(info: DataInfo) -> dict:
 def info_from_run(run: dict) -> DataInfo:
     """The DataInfo a run was trained with, from its run.json."""
     d = run["data"]
-    return DataInfo(run["class_names"], d["in_channels"], d["image_size"], tuple(d["mean"]), tuple(d["std"]))
+    size = tuple(d["image_size"]) if isinstance(d["image_size"], list) else d["image_size"]
+    return DataInfo(run["class_names"], d["in_channels"], size, tuple(d["mean"]), tuple(d["std"]))
 
 
 class TensorSource:
@@ -88,8 +94,8 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def normalise(x: torch.Tensor, info: DataInfo) -> torch.Tensor:
-    """(N, C, H, W) or (C, H, W) in [0, 1] -> normalised with the data's mean and std."""
-    shape = (-1, 1, 1)
+    """(N, C, *spatial) or (C, *spatial) in [0, 1] -> normalised with the data's mean and std."""
+    shape = (-1,) + (1,) * (3 if info.volumetric else 2)
     return (x - torch.tensor(info.mean).view(shape)) / torch.tensor(info.std).view(shape)
 
 
@@ -243,6 +249,8 @@ def build_data(cfg: Config) -> Data:
     """The configured data set, split into train and validation sets."""
     if cfg.dataset in NAMES:
         return _named(cfg)
+    if cfg.dataset == "volume_folder":
+        return _volume_folder(cfg)
     if cfg.dataset == "image_folder":
         root = Path(cfg.data_dir).expanduser()
         if (root / "train").is_dir() and (root / "val").is_dir():
@@ -280,6 +288,85 @@ def _folder_with_val(cfg: Config, root: Path) -> Data:
     val_src = cached(FileSource(val_samples, info, rel[len(train_samples):]), cfg.cache_mb)
     return Data(_whole(train_src, info), _whole(val_src, info), info, _hash_ids(cfg.dataset, val_src.ids),
                 train_src.ids, val_src.ids, "the val/ folder")
+
+
+# ---------------------------------------------------------------- volumes
+class VolumeSource:
+    """Volume files read on demand (utils/volumes.py): samples is a list of (path, label)."""
+
+    def __init__(self, samples: list, info: DataInfo, ids: list, intensity: str):
+        self.samples, self.info, self.ids, self.intensity = samples, info, ids, intensity
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, idx: list) -> tuple[torch.Tensor, torch.Tensor]:
+        from utils.volumes import load_volume
+
+        x = torch.stack([load_volume(self.samples[i][0], self.info.image_size, self.intensity) for i in idx])
+        return x, torch.tensor([self.samples[i][1] for i in idx], dtype=torch.int64)
+
+
+def volume_samples(root: Path) -> tuple[list, list]:
+    """(class names, [(path, class index)]) of a folder of class sub-folders of volume files."""
+    from utils.volumes import VOLUME_EXTENSIONS, is_volume
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UsageError(f"data_dir: {root} has no class sub-folders; put each class's volumes in a folder of its own")
+    samples = []
+    for c, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and is_volume(p))
+        if not files:
+            raise UsageError(f"data_dir: class folder {root / name} holds no volume ({', '.join(VOLUME_EXTENSIONS)}); "
+                             "add some or remove the folder")
+        samples += [(str(p), c) for p in files]
+    return classes, samples
+
+
+def volume_info(cfg: Config, classes: list, samples: list) -> DataInfo:
+    """One channel, the configured size or the files' median shape, normalised to [-1, 1]."""
+    from utils.volumes import volume_shape
+
+    if cfg.volume_size:
+        size = tuple(cfg.volume_size)
+    else:
+        shapes = np.array([volume_shape(Path(p)) for p, _ in samples[:: max(1, len(samples) // 64)]])
+        size = tuple(int(v) for v in np.median(shapes, axis=0))
+    return DataInfo(classes, 1, size, *_mean_std(1))
+
+
+def cached_volumes(source: VolumeSource, limit_mb: int) -> "TensorSource | VolumeSource":
+    """The volumes read once into memory (float32) when they fit in `limit_mb` MiB; else `source`,
+    which reads them every epoch (use num_workers then)."""
+    if not limit_mb or len(source) * 4 * int(np.prod(source.info.image_size)) > limit_mb * 2**20:
+        return source
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        x = torch.cat(list(pool.map(lambda i: source.load([i])[0], range(len(source)))))
+    return TensorSource(x, torch.tensor([c for _, c in source.samples], dtype=torch.int64), source.ids)
+
+
+def _volume_folder(cfg: Config) -> Data:
+    """Class sub-folders of volumes, with train/ and val/ if present, else split by val_fraction."""
+    root = Path(cfg.data_dir).expanduser()
+    parts = [root / "train", root / "val"] if (root / "train").is_dir() and (root / "val").is_dir() else [root]
+    found = [volume_samples(part) for part in parts]
+    if len(found) == 2 and found[0][0] != found[1][0]:
+        raise UsageError(f"data_dir: {root}/val has classes {found[1][0]}, train/ has {found[0][0]}; make them equal")
+    classes, samples = found[0][0], [s for _, part in found for s in part]
+    info = volume_info(cfg, classes, samples)
+    ids = [str(Path(p).relative_to(root)) for p, _ in samples]
+    source = cached_volumes(VolumeSource(samples, info, ids, cfg.intensity), cfg.cache_mb)
+    if len(parts) == 2:
+        n_train = len(found[0][1])
+        train_idx, val_idx = list(range(n_train)), list(range(n_train, len(samples)))
+        split = "the val/ folder"
+    else:
+        train_idx, val_idx = split_indices(len(samples), cfg.val_fraction, cfg.split_seed)
+        split = "held out by split_seed"
+    val_ids = [ids[i] for i in val_idx]
+    return Data(SplitSet(source, train_idx, info), SplitSet(source, val_idx, info), info,
+                _hash_ids(cfg.dataset, val_ids), [ids[i] for i in train_idx], val_ids, split)
 
 
 def _named(cfg: Config) -> Data:

@@ -56,9 +56,14 @@ class Classify(Task):
 
     def augmentation(self, cfg: ClassifyConfig, info: DataInfo) -> Augment:
         """The shared policies, and mixup / cutmix, which mix the labels too."""
-        from utils.augment import Augment
+        from utils.augment import Augment, check_policy
+        from utils.errors import UsageError
 
-        return Augment(cfg.seed, cfg.augment, cfg.random_erasing, cfg.mixup_alpha, cfg.cutmix_alpha, len(info.class_names))
+        check_policy(cfg.augment, info.volumetric)
+        if info.volumetric and (cfg.random_erasing or cfg.cutmix_alpha):
+            raise UsageError("random_erasing, cutmix_alpha: 2D boxes, not for volumes; set them to 0 (mixup_alpha works)")
+        return Augment(cfg.seed, cfg.augment, cfg.random_erasing, cfg.mixup_alpha, cfg.cutmix_alpha, len(info.class_names),
+                       tuple(cfg.flip_axes))
 
     # ------------------------------------------------------------ training
     def phases(self, cfg: ClassifyConfig) -> list[Phase]:

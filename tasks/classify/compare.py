@@ -54,6 +54,8 @@ def reading(test: dict, a: str, b: str) -> str:
 def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[SplitSet, SplitSet, list, str]:
     """The same samples as each run sees them (own preprocessing): B's validation split, or a
     labelled folder. Refuses samples that A trained on."""
+    if input_path and b.info.volumetric:
+        raise UsageError("--input: volume classifiers are compared on B's validation split; drop --input")
     if input_path:
         root = Path(input_path).expanduser().resolve()
         if not root.is_dir():

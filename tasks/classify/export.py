@@ -25,7 +25,7 @@ from infer.onnx_backend import EXPORT_DIR, EXPORT_JSON, INPUT_NAME, ONNX_FILE, O
 from infer.runs import LoadedRun, checked_data, load_run
 from tasks.base import Task
 from utils.config import Config
-from utils.errors import RunFailure
+from utils.errors import RunFailure, UsageError
 from utils.runstore import fsync_dir, link_or_copy, sha256_file, write_json
 
 FILES = {"onnx": ONNX_FILE, "pt2": "model.pt2"}
@@ -41,6 +41,9 @@ def export_main(task: Task, cfg: Config, run: dict, formats: list[str]) -> int:
     if "onnx" in formats:
         require_onnx()
     loaded = load_run(run, torch.device("cpu"), task, cfg.weights)
+    if loaded.info.volumetric:
+        raise UsageError(f"--export: run {run['id']} is a volume classifier; its export (and serving a .nii.gz without torch) "
+                         "is not written yet: serve it with inference.py --input")
     for fmt in dict.fromkeys(formats):
         export_run(loaded, fmt)
     return 0

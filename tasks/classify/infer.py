@@ -8,9 +8,10 @@ import torch
 
 from infer.runs import LoadedRun, amp_dtype, checked_data, inference_dir
 from tasks.classify.training import Evaluation, evaluate, per_class_accuracy
-from utils.dataloader import EvalBatchSampler, list_images, load_image, make_loader
+from utils.dataloader import EvalBatchSampler, list_images, load_image, make_loader, normalise
 from utils.errors import UsageError
 from utils.runstore import write_json, write_text
+from utils.volumes import list_volumes, load_volume
 
 
 def evaluate_split(loaded: LoadedRun, device: torch.device) -> Evaluation:
@@ -61,14 +62,14 @@ def predict(loaded: LoadedRun, path: Path, device: torch.device) -> None:
 
 
 def predict_files(loaded: LoadedRun, path: Path, device: torch.device, batch_size: int = 64) -> list[tuple]:
-    """(path, predicted class name, confidence) for every image at `path`."""
-    files = list_images(path)
+    """(path, predicted class name, confidence) for every image (or volume) at `path`."""
+    files = list_volumes(path) if loaded.info.volumetric else list_images(path)
     rows = []
     dtype = amp_dtype(loaded.cfg, device)
     for i in range(0, len(files), batch_size):
         chunk = files[i:i + batch_size]
         try:
-            x = torch.stack([load_image(f, loaded.info) for f in chunk]).to(device)
+            x = torch.stack([read_input(f, loaded) for f in chunk]).to(device)
         except OSError as e:
             raise UsageError(f"--input: cannot read an image in {path} ({e}); remove or fix the file") from None
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -76,6 +77,13 @@ def predict_files(loaded: LoadedRun, path: Path, device: torch.device, batch_siz
         conf, pred = probs.max(1)
         rows += [(str(f), loaded.info.class_names[p], f"{c:.6f}") for f, p, c in zip(chunk, pred.tolist(), conf.tolist())]
     return rows
+
+
+def read_input(path: Path, loaded: LoadedRun) -> torch.Tensor:
+    """One file, preprocessed exactly as in training: an image, or a volume (reoriented, resampled, normalised)."""
+    if loaded.info.volumetric:
+        return normalise(load_volume(path, loaded.info.image_size, loaded.cfg.intensity), loaded.info)
+    return load_image(path, loaded.info)
 
 
 def to_csv(header: tuple, rows: list) -> str:

@@ -19,7 +19,14 @@ from utils.errors import RunFailure, UsageError
 
 def build_classifier(cfg: ClassifyConfig, info: DataInfo) -> nn.Module:
     """The model_dict class named by base_model, sized for the data. A model refuses what it cannot
-    build with ValueError (exit 2) and weights it cannot get with OSError (exit 1)."""
+    build with ValueError (exit 2) and weights it cannot get with OSError (exit 1); a 2D model for
+    volumes, or a volume model for images, is exit 2."""
+    volumetric = getattr(model_dict[cfg.base_model], "volumetric", False)
+    if volumetric != info.volumetric:
+        want = ", ".join(n for n, c in model_dict.items() if getattr(c, "volumetric", False) == info.volumetric
+                         and n in ("small_cnn", "resnet18", "small_cnn3d", "resnet18_3d"))
+        raise UsageError(f"base_model: {cfg.base_model} is a {'3D' if volumetric else '2D'} model and dataset {cfg.dataset} "
+                         f"holds {'volumes' if info.volumetric else 'images'}; use one of {want}")
     try:
         return model_dict[cfg.base_model](in_channels=info.in_channels, num_classes=len(info.class_names),
                                           image_size=info.image_size, dropout=cfg.dropout, pretrained=cfg.pretrained)

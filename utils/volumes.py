@@ -1,0 +1,105 @@
+"""Volumes: 3D images (MRI, CT) in NIfTI files (.nii, .nii.gz) or NumPy arrays (.npy), read as the
+template trains on them.
+
+Each volume is read with nibabel, reoriented to the closest canonical orientation (RAS+: the first
+axis runs to the patient's Right, the second Anterior, the third Superior), so that a flip of axis
+0 is a left-right flip whatever the scanner wrote; resampled to `volume_size` with trilinear
+interpolation (align_corners=False, as torch.nn.functional.interpolate); and its intensities
+normalised per volume by the `intensity` rule. A .npy file is taken as already in RAS order, with
+unit spacing. Every problem with a file is a UsageError naming it.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.errors import UsageError
+
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".npy")
+INTENSITY_RULES = ("percentile", "minmax", "zscore")
+INSTALL = "pip install -r requirements-volumes.txt"
+
+
+def is_volume(path: Path) -> bool:
+    return path.name.lower().endswith(VOLUME_EXTENSIONS)
+
+
+def nibabel():
+    """The nibabel module, or exit 2 naming the install command."""
+    try:
+        import nibabel as nib
+    except ImportError:
+        raise UsageError(f"volumes need nibabel, which is not installed; {INSTALL}") from None
+    return nib
+
+
+def read_array(path: Path) -> np.ndarray:
+    """A volume file as a float32 (X, Y, Z) array in RAS+ order."""
+    try:
+        if path.name.lower().endswith(".npy"):
+            data = np.load(path, allow_pickle=False)
+        else:
+            image = nibabel().as_closest_canonical(nibabel().load(str(path)))
+            data = np.asarray(image.dataobj)
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - nibabel, gzip and zlib each raise their own; a damaged file has one fix
+        raise UsageError(f"{path}: not a readable volume ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                         "replace or remove the file") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise UsageError(f"{path}: a {data.ndim}D array {tuple(data.shape)}, a 3D volume was expected; "
+                         "keep one volume per file")
+    data = data.astype(np.float32)
+    if not np.isfinite(data).all():
+        raise UsageError(f"{path}: {int((~np.isfinite(data)).sum())} voxels are NaN or infinite; fix or remove the file")
+    return data
+
+
+def normalised(data: np.ndarray, rule: str) -> np.ndarray:
+    """Intensities by `rule`: percentile (the 1st..99th percentiles to [0, 1], clipped; the
+    default: robust to a few bright voxels), minmax (min..max to [0, 1]) or zscore (mean 0, std 1)."""
+    if rule == "zscore":
+        out = (data - data.mean()) / max(float(data.std()), 1e-8)
+    else:
+        lo, hi = np.percentile(data, (1, 99)) if rule == "percentile" else (data.min(), data.max())
+        out = np.clip((data - lo) / max(float(hi - lo), 1e-8), 0.0, 1.0)
+    return out.astype(np.float32)
+
+
+def resampled(data: np.ndarray, size: tuple) -> torch.Tensor:
+    """(X, Y, Z) -> (1, *size) float32, trilinear."""
+    x = torch.from_numpy(np.ascontiguousarray(data))[None, None]
+    if tuple(x.shape[2:]) != tuple(size):
+        x = torch.nn.functional.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
+    return x[0]
+
+
+def load_volume(path: Path, size: tuple, rule: str) -> torch.Tensor:
+    """One file -> (1, *size) float32, reoriented, normalised, resampled: training and inference both come here."""
+    return resampled(normalised(read_array(Path(path)), rule), size)
+
+
+def volume_shape(path: Path) -> tuple:
+    """The file's (X, Y, Z) in RAS+ order, from its header alone where it has one."""
+    if path.name.lower().endswith(".npy"):
+        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape[:3])
+    try:
+        image = nibabel().load(str(path))
+        return tuple(nibabel().as_closest_canonical(image).shape[:3])
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - as read_array
+        raise UsageError(f"{path}: not a readable volume ({type(e).__name__}); replace or remove the file") from None
+
+
+def list_volumes(path: Path) -> list[Path]:
+    """The volume files at `path` (a file, or a folder searched recursively), sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and is_volume(p))
+    if not files:
+        raise UsageError(f"--input: no volume files ({', '.join(VOLUME_EXTENSIONS)}) in {path}")
+    return files
