@@ -131,3 +131,20 @@ def test_train_resume_and_predict_on_volumes(project, tmp_path):
     rows = (project.experiments / run_id / "inference" / "predictions.csv").read_text().splitlines()[1:]
     assert r.returncode == 0 and len(rows) == 32
     assert sum(row.split(",")[1] == row.split("/")[-2] for row in rows) >= 30
+
+
+def test_the_mni152_demo_splits_by_hemisphere():
+    """Patches of the left hemisphere train, of the right validate: no voxel shared; classes balanced."""
+    pytest.importorskip("nilearn")
+    from utils.brain import PER_CLASS, REGIONS, brain_patches, read_template
+
+    side = 16
+    parts = brain_patches(side)
+    midline = read_template()["t1"].shape[0] // 2
+    for split, (x, y, ids) in parts.items():
+        assert x.shape == (PER_CLASS[split] * len(REGIONS), 1, side, side, side) and x.dtype.is_floating_point
+        assert y.bincount().tolist() == [PER_CLASS[split]] * len(REGIONS) and len(set(ids)) == len(ids)
+    lefts = [int(i.split("/")[-1].split("_")[0]) for i in parts["train"][2]]
+    rights = [int(i.split("/")[-1].split("_")[0]) for i in parts["val"][2]]
+    assert max(lefts) + side // 2 <= midline <= min(rights) - side // 2
+    assert brain_patches(side)["val"][0].equal(parts["val"][0])  # deterministic

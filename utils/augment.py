@@ -25,7 +25,8 @@ import torch.nn.functional as F
 POLICIES = ("none", "translate", "crop_flip", "trivialaugment", "volume")
 # augment: auto. No flips for digits: a flipped digit is another digit (or none).
 AUTO_POLICY = {"digits": "translate", "mnist": "translate", "fake": "translate", "image_folder": "translate",
-               "fashion_mnist": "crop_flip", "cifar10": "crop_flip", "cifar100": "crop_flip", "volume_folder": "volume"}
+               "fashion_mnist": "crop_flip", "cifar10": "crop_flip", "cifar100": "crop_flip", "volume_folder": "volume",
+               "mni152": "volume"}
 
 # Streams: independent hash outputs for the same (seed, epoch, index).
 _DY, _DX, _FLIP, _ERASE, _PARTNER, _MIX, _LAM, _BOX, _TRIVIAL = range(1, 10)

@@ -25,7 +25,7 @@ DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")  # a run's name and each tag: safe in a path, a URL, a shell
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake", "volume_folder")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake", "volume_folder", "mni152")
 FOLDER_DATASETS = ("image_folder", "volume_folder")  # data_dir is a folder of class sub-folders
 NAMED_DATASETS = DATASETS[1:5]  # read from files in data_dir
 
@@ -63,7 +63,7 @@ class Config:
     split_seed: int = key(0, "seed of the train/validation split (fixed across seeds)", at_least=0)
     deterministic: bool = key(True, "bit-identical results on the same machine (slower paths on GPU)")
     dataset: str = key("digits", "digits (sklearn's 8x8) | mnist | fashion_mnist | cifar10 | cifar100 | image_folder | fake "
-                       "| volume_folder (3D: NIfTI or .npy volumes)", choices=DATASETS)
+                       "| volume_folder (3D: NIfTI or .npy volumes) | mni152 (3D brain patches, offline)", choices=DATASETS)
     data_dir: Optional[str] = key(None, "files of mnist ... cifar100, or class sub-folders (optionally in train/, val/): image_folder")
     download: bool = key(False, "mnist ... cifar100: fetch missing files into data_dir with torchvision's helpers")
     image_size: Optional[int] = key(None, "square side images are resized to; null: the data's own (an image_folder's median side)",

@@ -251,6 +251,8 @@ def build_data(cfg: Config) -> Data:
         return _named(cfg)
     if cfg.dataset == "volume_folder":
         return _volume_folder(cfg)
+    if cfg.dataset == "mni152":
+        return _brain(cfg)
     if cfg.dataset == "image_folder":
         root = Path(cfg.data_dir).expanduser()
         if (root / "train").is_dir() and (root / "val").is_dir():
@@ -367,6 +369,20 @@ def _volume_folder(cfg: Config) -> Data:
     val_ids = [ids[i] for i in val_idx]
     return Data(SplitSet(source, train_idx, info), SplitSet(source, val_idx, info), info,
                 _hash_ids(cfg.dataset, val_ids), [ids[i] for i in train_idx], val_ids, split)
+
+
+def _brain(cfg: Config) -> Data:
+    """The MNI152 demo (utils/brain.py): patches of the left hemisphere to train, of the right to validate."""
+    from utils.brain import DEFAULT_SIDE, REGIONS, brain_patches
+
+    side = cfg.volume_size[0] if cfg.volume_size else DEFAULT_SIDE
+    if cfg.volume_size and len(set(cfg.volume_size)) > 1:
+        raise UsageError(f"volume_size: dataset mni152 cuts cubes; give one side, got {cfg.volume_size}")
+    parts = brain_patches(side)
+    info = DataInfo(list(REGIONS), 1, (side, side, side), *_mean_std(1))
+    train, val = (TensorSource(*parts[k]) for k in ("train", "val"))
+    return Data(_whole(train, info), _whole(val, info), info, _hash_ids(cfg.dataset, val.ids), train.ids, val.ids,
+                "the right hemisphere (training: the left)")
 
 
 def _named(cfg: Config) -> Data:
