@@ -125,6 +125,8 @@ def test_train_resume_and_predict_on_volumes(project, tmp_path):
         killed = project.run_ids()[-1]
         child = project.train(f"resume={killed}", "epochs=6", f"num_workers={workers}")
         assert project.info(child)["weights"]["sha256"] == info["weights"]["sha256"]
+    assert project.run("inference.py", f"resume={run_id}", "inference_device=cpu").returncode == 0
+    assert (project.experiments / run_id / "inference" / "mistakes.png").read_bytes()[:4] == b"\x89PNG"
     r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu", "--input", str(root / "bar" / "3.nii.gz"))
     assert r.returncode == 0 and "3.nii.gz,bar," in (project.experiments / run_id / "inference" / "predictions.csv").read_text()
     r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu", "--input", str(root))

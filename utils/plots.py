@@ -40,3 +40,24 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
+
+
+def mid_slices(volume) -> list:
+    """A volume (X, Y, Z) in RAS order as its three orthogonal mid-slices, each oriented as
+    radiologists view it with superior (or anterior) up: sagittal (Y, Z), coronal (X, Z), axial (X, Y)."""
+    x, y, z = (s // 2 for s in volume.shape)
+    return [volume[x].T, volume[:, y].T, volume[:, :, z].T]
+
+
+def plot_samples(samples, titles: list[str], path: Path, volumetric: bool) -> None:
+    """One row per sample (C, ...) in [0, 1], titled: an image, or a volume's three mid-slices."""
+    views = ("sagittal", "coronal", "axial") if volumetric else ("",)
+    fig = new_figure(2.2 * len(views), 2.2 * max(1, len(samples)), layout="tight")
+    axes = fig.subplots(max(1, len(samples)), len(views), squeeze=False)
+    for row, (sample, title) in zip(axes, zip(samples, titles)):
+        pictures = mid_slices(sample[0]) if volumetric else [sample.permute(1, 2, 0) if sample.shape[0] == 3 else sample[0]]
+        for ax, picture, view in zip(row, pictures, views):
+            ax.imshow(picture, cmap="gray", vmin=0, vmax=1, origin="lower" if volumetric else "upper", interpolation="nearest")
+            ax.set_title(f"{title}\n{view}".strip() if view == views[len(views) // 2] else view, fontsize=7)
+            ax.axis("off")
+    save_figure(fig, path)

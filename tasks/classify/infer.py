@@ -8,27 +8,28 @@ import torch
 
 from infer.runs import LoadedRun, amp_dtype, checked_data, inference_dir
 from tasks.classify.training import Evaluation, evaluate, per_class_accuracy
-from utils.dataloader import EvalBatchSampler, list_images, load_image, make_loader, normalise
+from utils.dataloader import Data, EvalBatchSampler, list_images, load_image, make_loader, normalise, to_unit
 from utils.errors import UsageError
+from utils.plots import plot_samples
 from utils.runstore import write_json, write_text
 from utils.volumes import list_volumes, load_volume
 
 
-def evaluate_split(loaded: LoadedRun, device: torch.device) -> Evaluation:
+def evaluate_split(loaded: LoadedRun, device: torch.device) -> tuple[Evaluation, Data]:
     """evaluate() on the run's validation split, rebuilt from its config and checked against run.json;
-    with the sample ids."""
+    with the sample ids; and the data."""
     data = checked_data(loaded)
     batch = loaded.cfg.batch_size // loaded.cfg.grad_accum_steps
     loader = make_loader(data.val, EvalBatchSampler(len(data.val), batch), 0, device.type == "cuda")
     out = evaluate(loaded.model, loader, device, amp_dtype(loaded.cfg, device), bool(loaded.cfg.channels_last))
     out.ids = data.val_ids
-    return out
+    return out, data
 
 
 def evaluate_on_split(loaded: LoadedRun, device: torch.device) -> dict:
     """Evaluate on the run's validation split: print accuracy, loss and per-class accuracy; write
     predictions and metrics under inference/."""
-    out = evaluate_split(loaded, device)
+    out, data = evaluate_split(loaded, device)
     names = loaded.info.class_names
     count = len(out.target)
     acc = float((out.pred == out.target).sum()) / count
@@ -46,8 +47,19 @@ def evaluate_on_split(loaded: LoadedRun, device: torch.device) -> dict:
     out_dir = inference_dir(loaded)
     write_text(out_dir / "val_predictions.csv", to_csv(("sample", "target", "predicted", "confidence", "correct"), rows))
     write_json(out_dir / "val_metrics.json", metrics)
-    print(f"wrote {out_dir}/val_predictions.csv and val_metrics.json")
+    plot_mistakes(out, data, out_dir / "mistakes.png")
+    print(f"wrote {out_dir}/val_predictions.csv, val_metrics.json and mistakes.png")
     return metrics
+
+
+def plot_mistakes(out: Evaluation, data: Data, path: Path, most: int = 8) -> None:
+    """The most confident mistakes on the validation split (a volume as its three mid-slices)."""
+    wrong = (out.pred != out.target).nonzero().flatten()
+    wrong = wrong[out.confidence[wrong].argsort(descending=True)][:most].tolist()
+    x, _ = data.val.source.load([data.val.positions[i] for i in wrong]) if wrong else (torch.zeros(0), None)
+    names = data.info.class_names
+    titles = [f"{names[out.target[i]]} as {names[out.pred[i]]} ({out.confidence[i]:.2f})" for i in wrong]
+    plot_samples(to_unit(x), titles, path, data.info.volumetric)
 
 
 def predict(loaded: LoadedRun, path: Path, device: torch.device) -> None:
