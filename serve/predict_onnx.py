@@ -6,7 +6,9 @@
 It checks model.onnx against the sha256 in preprocess.json before loading it (exit 1 on a mismatch),
 then preprocesses each image exactly as the template's utils/dataloader.load_image does (decode, resize,
 scale, normalise; see preprocess.json), so it predicts the same classes as `inference.py --input`.
-Imports only the standard library, numpy, Pillow and onnxruntime.
+Imports only the standard library, numpy, Pillow and onnxruntime; for a volume classifier (its
+preprocess.json has "volume"), nibabel too: `.nii.gz`, `.nii` and `.npy` files are reoriented to RAS,
+their intensities normalised and resampled trilinearly as utils/volumes.load_volume does.
 """
 import argparse
 import hashlib
@@ -110,12 +112,62 @@ def preprocess(path: Path, spec: dict) -> np.ndarray:
     return (a.astype(np.float32) / np.float32(255.0) - mean) / std
 
 
+# ---------------------------------------------------------------- volumes (preprocess.json has "volume")
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".npy")
+
+
+def read_volume(path: Path) -> np.ndarray:
+    """A .nii/.nii.gz file (nibabel, reoriented to the closest canonical RAS+) or a .npy array: (X, Y, Z) float32."""
+    if path.name.lower().endswith(".npy"):
+        data = np.load(path, allow_pickle=False)
+    else:
+        import nibabel as nib
+
+        data = np.asarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)
+    data = data[..., 0] if data.ndim == 4 and data.shape[3] == 1 else data
+    if data.ndim != 3 or not np.isfinite(data).all():
+        raise OSError(f"{path} is not a 3D volume of finite voxels")
+    return data.astype(np.float32)
+
+
+def intensity(data: np.ndarray, rule: str) -> np.ndarray:
+    """The template's per-volume intensity rules (utils/volumes.py): zscore, percentile or minmax."""
+    if rule == "zscore":
+        out = (data - data.mean()) / max(float(data.std()), 1e-8)
+    else:
+        lo, hi = np.percentile(data, (1, 99)) if rule == "percentile" else (data.min(), data.max())
+        out = np.clip((data - lo) / max(float(hi - lo), 1e-8), 0.0, 1.0)
+    return out.astype(np.float32)
+
+
+def linear_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """Linear resampling of one axis as torch's interpolate (align_corners=False): trilinear is one per axis."""
+    n_in = a.shape[axis]
+    if n_in == n_out:
+        return a
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w = (src - lo).astype(np.float32)
+    shape = [1] * a.ndim
+    shape[axis] = n_out
+    return np.take(a, lo, axis) * (1 - w).reshape(shape) + np.take(a, hi, axis) * w.reshape(shape)
+
+
+def preprocess_volume(path: Path, spec: dict) -> np.ndarray:
+    """A volume file -> the model's input for it: (1, X, Y, Z) float32, normalised."""
+    a = intensity(read_volume(path), spec["volume"]["intensity"])
+    for axis, n in enumerate(spec["volume"]["size"]):
+        a = linear_axis(a, n, axis)
+    return ((a - np.float32(spec["mean"][0])) / np.float32(spec["std"][0]))[None].astype(np.float32)
+
+
 def predict(session, spec: dict, paths: list, batch_size: int = 64) -> list:
     """(path, class name, confidence) for each image."""
     rows = []
     for i in range(0, len(paths), batch_size):
         chunk = paths[i:i + batch_size]
-        x = np.stack([preprocess(p, spec) for p in chunk])
+        x = np.stack([preprocess_volume(p, spec) if "volume" in spec else preprocess(p, spec) for p in chunk])
         (logits,) = session.run([spec["output"]["name"]], {spec["input"]["name"]: x})
         e = np.exp(logits - logits.max(1, keepdims=True))
         probs = e / e.sum(1, keepdims=True)
@@ -123,10 +175,13 @@ def predict(session, spec: dict, paths: list, batch_size: int = 64) -> list:
     return rows
 
 
-def images(paths: list) -> list:
+def images(paths: list, volumes: bool = False) -> list:
+    """The files to predict on: the files given, and the images (or volumes) in the folders given."""
+    def wanted(f: Path) -> bool:
+        return f.name.lower().endswith(VOLUME_EXTENSIONS) if volumes else f.suffix.lower() in EXTENSIONS
     out = []
     for p in map(Path, paths):
-        out += sorted(f for f in p.rglob("*") if f.suffix.lower() in EXTENSIONS and f.is_file()) if p.is_dir() else [p]
+        out += sorted(f for f in p.rglob("*") if wanted(f) and f.is_file()) if p.is_dir() else [p]
     return out
 
 
@@ -138,7 +193,7 @@ def main(argv: list = None) -> int:
     args = parser.parse_args(argv)
     session, spec = load(args.export_dir, args.threads)
     try:
-        rows = predict(session, spec, images(args.inputs))
+        rows = predict(session, spec, images(args.inputs, "volume" in spec))
     except OSError as e:
         sys.exit(f"error: cannot read an image ({e}); remove or fix the file")
     print("path,class,confidence")

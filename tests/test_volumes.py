@@ -3,6 +3,7 @@ them with exact resume; inference predicts on a .nii.gz; bad files are exit 2. T
 their own small synthetic volumes (a ball or a bar, with noise), written with non-identity
 affines, some with the first axis flipped."""
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from utils.errors import UsageError
 
 nib = pytest.importorskip("nibabel")
 
+SERVE = Path(__file__).resolve().parent.parent / "serve" / "predict_onnx.py"
 SHAPE = (18, 16, 14)
 FLIPPED = np.diag([-2.0, 1.5, 1.5, 1.0])  # x runs to the left: canonical (RAS) flips axis 0
 FLIPPED[:3, 3] = (30.0, -10.0, 5.0)
@@ -133,6 +135,12 @@ def test_train_resume_and_predict_on_volumes(project, tmp_path):
     rows = (project.experiments / run_id / "inference" / "predictions.csv").read_text().splitlines()[1:]
     assert r.returncode == 0 and len(rows) == 32
     assert sum(row.split(",")[1] == row.split("/")[-2] for row in rows) >= 30
+    # exported with its parity gate, then served without torch: the same classes as inference.py --input
+    r = project.run("inference.py", f"resume={run_id}", "--export", "onnx")
+    assert r.returncode == 0 and "argmax agreement 100.00%" in r.stdout, r.stdout + r.stderr
+    served = project.run(str(SERVE), str(project.experiments / run_id / "export"), str(root))
+    assert served.returncode == 0, served.stderr
+    assert sorted(line.split(",")[:2] for line in served.stdout.splitlines()[1:]) == sorted(row.split(",")[:2] for row in rows)
 
 
 def test_the_mni152_demo_splits_by_hemisphere():

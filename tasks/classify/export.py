@@ -25,7 +25,7 @@ from infer.onnx_backend import EXPORT_DIR, EXPORT_JSON, INPUT_NAME, ONNX_FILE, O
 from infer.runs import LoadedRun, checked_data, load_run
 from tasks.base import Task
 from utils.config import Config
-from utils.errors import RunFailure, UsageError
+from utils.errors import RunFailure
 from utils.runstore import fsync_dir, link_or_copy, sha256_file, write_json
 
 FILES = {"onnx": ONNX_FILE, "pt2": "model.pt2"}
@@ -41,9 +41,6 @@ def export_main(task: Task, cfg: Config, run: dict, formats: list[str]) -> int:
     if "onnx" in formats:
         require_onnx()
     loaded = load_run(run, torch.device("cpu"), task, cfg.weights)
-    if loaded.info.volumetric:
-        raise UsageError(f"--export: run {run['id']} is a volume classifier; its export (and serving a .nii.gz without torch) "
-                         "is not written yet: serve it with inference.py --input")
     for fmt in dict.fromkeys(formats):
         export_run(loaded, fmt)
     return 0
@@ -57,7 +54,7 @@ def export_run(loaded: LoadedRun, fmt: str) -> dict:
     tmp.mkdir()
     try:
         path = tmp / FILES[fmt]
-        details = export_model(loaded.model, fmt, x[:2] if len(x) > 1 else x.repeat(2, 1, 1, 1), path)
+        details = export_model(loaded.model, fmt, x[:2] if len(x) > 1 else x.repeat(2, *[1] * (x.ndim - 1)), path)
         parity = measure_parity(loaded.model, load_exported(fmt, path), x)
         print(f"parity {fmt} vs eager fp32 on the first {parity['samples']} validation samples: max |diff| "
               f"{parity['max_abs_diff']:.3g} (bound {MAX_ABS_DIFF:g}), argmax agreement {100 * parity['argmax_agreement']:.2f}% "
@@ -170,8 +167,10 @@ def write_folder(loaded: LoadedRun, fmt: str, details: dict, tmp: Path, final: P
 
 def preprocess_spec(loaded: LoadedRun, weights_sha256: str, models: dict) -> dict:
     """What a service needs to turn an image file into the model's input, as utils/dataloader.load_image
-    does it (serve/predict_onnx.py follows it to the bit)."""
+    does it (serve/predict_onnx.py follows it to the bit); for a volume, as utils/volumes.load_volume does."""
     info = loaded.info
+    if info.volumetric:
+        return volume_spec(loaded, weights_sha256, models)
     side = info.image_size
     return {
         "source_run": loaded.run["id"], "weights": loaded.weights, "weights_sha256": weights_sha256, "files": models,
@@ -185,6 +184,22 @@ def preprocess_spec(loaded: LoadedRun, weights_sha256: str, models: dict) -> dic
                    "method": "bilinear, antialiased, on uint8 (torch's int16 fixed-point weights; width pass, then height pass, "
                              "each rounded to uint8)"},
         "scale": "float32(x) / 255", "mean": list(info.mean), "std": list(info.std), "normalise": "(x - mean) / std per channel",
+        "class_names": list(info.class_names),
+    }
+
+
+def volume_spec(loaded: LoadedRun, weights_sha256: str, models: dict) -> dict:
+    """preprocess.json for a volume classifier (serve/predict_onnx.py reads .nii.gz with nibabel and numpy)."""
+    info, size = loaded.info, list(loaded.info.image_size)
+    return {
+        "source_run": loaded.run["id"], "weights": loaded.weights, "weights_sha256": weights_sha256, "files": models,
+        "input": {"name": INPUT_NAME, "shape": ["batch", info.in_channels, *size], "dtype": "float32", "layout": "NCXYZ"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(info.class_names)], "meaning": "logits (softmax: confidences)"},
+        "channels": info.in_channels,
+        "volume": {"size": size, "orientation": "the closest canonical one, RAS+ (nibabel.as_closest_canonical); .npy as stored",
+                   "intensity": loaded.cfg.intensity, "resample": "trilinear, align_corners=False (as torch's interpolate)",
+                   "order": "intensity rule on the file's voxels (float32), then the resampling"},
+        "mean": list(info.mean), "std": list(info.std), "normalise": "(x - mean) / std per channel",
         "class_names": list(info.class_names),
     }
 
