@@ -340,12 +340,16 @@ def run_info(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, 
 
 def fit_and_finish(trainer: Trainer, task: Task, run: Optional[RunFolder], cfg: Config) -> int:
     """Train, then write the final weights; a failure or Ctrl-C marks the run and is re-raised."""
+    import gc
+
     from utils import dist
 
+    finished = False
     try:
         final = trainer.fit()
         if run is not None:
             finish(run, trainer, task.summary(final))
+        finished = True
     except (Exception, KeyboardInterrupt) as e:
         if run is not None and run.info["status"] == "running":
             failed = not isinstance(e, KeyboardInterrupt)
@@ -360,7 +364,9 @@ def fit_and_finish(trainer: Trainer, task: Task, run: Optional[RunFolder], cfg: 
             trainer.tb.close()
         if run is not None:
             write_index_quietly()
-        dist.teardown()
+        trainer.net = None  # the DDP wrappers (and their reducers) go before the process group they use
+        gc.collect()
+        dist.teardown(finished)
     return 0
 
 

@@ -38,9 +38,16 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
-def teardown() -> None:
-    if enabled():
-        td.destroy_process_group()
+def teardown(finished: bool) -> None:
+    """Leave the process group. After a run that finished on this rank, wait for every rank first, so
+    that no rank destroys gloo's connections while another still writes or reduces (a rank that exits
+    early can abort with "terminate called without an active exception"). After a failure, do not
+    wait: the other ranks may never arrive."""
+    if not enabled():
+        return
+    if finished:
+        td.barrier()
+    td.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
