@@ -1,6 +1,6 @@
 """The 3D demo (dataset: mni152) against a baseline measured in the same script: logistic
 regression (scikit-learn) on the patches' voxels averaged 3x3x3, then `python train.py
-dataset=mni152 base_model=small_cnn3d` in a temporary copy of the project. Prints val_acc, epochs
+dataset=mni152` in a temporary copy of the project. Prints val_acc, epochs
 and wall time of each.
 
     python bench/brain_demo.py [KEY=VALUE ...]     extra keys go to train.py
@@ -40,7 +40,7 @@ def template_run(extra: list[str]) -> tuple[dict, float]:
         for name in ("experiments", "checkpoints"):
             (copy / name).mkdir()
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "train.py", "dataset=mni152", "base_model=small_cnn3d", "progress=false", *extra],
+        subprocess.run([sys.executable, "train.py", "dataset=mni152", "progress=false", *extra],
                        cwd=copy, check=True)
         seconds = time.perf_counter() - t0
         (run,) = (copy / "experiments").glob("*/run.json")
@@ -51,7 +51,7 @@ def main() -> None:
     acc, seconds = logistic_baseline()
     print(f"logistic regression on 3x-pooled voxels: val_acc {acc:.4f} ({seconds:.1f} s)")
     run, seconds = template_run(sys.argv[1:])
-    print(f"python train.py dataset=mni152 base_model=small_cnn3d {' '.join(sys.argv[1:])}: val_acc "
+    print(f"python train.py dataset=mni152 {' '.join(sys.argv[1:])}: val_acc "
           f"{run['metrics']['val_acc']:.4f} after {run['epochs_done']} epochs, {seconds:.0f} s wall, {torch.get_num_threads()} threads")
 
 

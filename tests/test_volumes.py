@@ -112,15 +112,16 @@ def test_train_resume_and_predict_on_volumes(project, tmp_path):
     on) gives the same weights with num_workers 0 and 2; --input predicts on a .nii.gz file and folder;
     a 2D model on volumes is exit 2 with nothing written."""
     root = make_volumes(tmp_path / "data")
-    args = ("dataset=volume_folder", f"data_dir={root}", "base_model=small_cnn3d", "volume_size=16", "batch_size=8",
+    args = ("dataset=volume_folder", f"data_dir={root}", "volume_size=16", "batch_size=8",
             "val_fraction=0.25", "epochs=6", "lr=0.01")
     before = project.snapshot()
-    r = project.run("train.py", *args[:2], "volume_size=16", "batch_size=8")
-    assert r.returncode == 2 and "small_cnn is a 2D model" in r.stderr and project.snapshot() == before, r.stderr
+    r = project.run("train.py", *args[:2], "base_model=mlp", "volume_size=16", "batch_size=8")
+    assert r.returncode == 2 and "mlp is a 2D model" in r.stderr and project.snapshot() == before, r.stderr
     run_id = project.train(*args)
     info = project.info(run_id)
     assert info["metrics"]["val_acc"] >= 0.95, info["metrics"]
-    assert info["config"]["augment"] == "volume" and info["data"]["image_size"] == [16, 16, 16]
+    assert info["config"]["augment"] == "volume" and info["config"]["base_model"] == "small_cnn3d"
+    assert info["data"]["image_size"] == [16, 16, 16]
     for workers in (0, 2):
         r = project.run("train.py", *args, "checkpoint_every_steps=4", env={"TEMPLATE_FAULT": "step:10"})
         assert r.returncode == -signal.SIGKILL

@@ -26,6 +26,7 @@ DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")  # a run's name and each tag: safe in a path, a URL, a shell
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake", "volume_folder", "mni152")
+VOLUME_DATASETS = ("volume_folder", "mni152")  # 3D: (C, D, H, W) samples
 FOLDER_DATASETS = ("image_folder", "volume_folder")  # data_dir is a folder of class sub-folders
 NAMED_DATASETS = DATASETS[1:5]  # read from files in data_dir
 

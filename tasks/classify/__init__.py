@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what torchvision's pretrained weights expect
 
 
+def classifier_name(cfg: ClassifyConfig) -> str:
+    """base_model, where the default small_cnn follows the data: on volumes it is small_cnn3d, the same
+    adaptive design in 3D, so that `python train.py dataset=mni152` needs no other key."""
+    from utils.config import VOLUME_DATASETS
+
+    return "small_cnn3d" if cfg.base_model == "small_cnn" and cfg.dataset in VOLUME_DATASETS else cfg.base_model
+
+
 class Classify(Task):
     name = "classify"
     config = ClassifyConfig
@@ -27,10 +35,12 @@ class Classify(Task):
 
     # ------------------------------------------------------------ building
     def resolve(self, cfg: ClassifyConfig) -> dict:
-        """augment: auto picks the data set's policy (utils/augment.py's AUTO_POLICY)."""
+        """augment: auto picks the data set's policy (utils/augment.py's AUTO_POLICY); small_cnn on
+        volumes is small_cnn3d, as config.yaml records."""
         from utils.augment import AUTO_POLICY
 
-        return {"augment": AUTO_POLICY[cfg.dataset] if cfg.augment == "auto" else cfg.augment}
+        return {"augment": AUTO_POLICY[cfg.dataset] if cfg.augment == "auto" else cfg.augment,
+                "base_model": classifier_name(cfg)}
 
     def prepare_data(self, cfg: ClassifyConfig, data: Data) -> Data:
         """ImageNet's normalisation for pretrained weights on colour images."""
@@ -40,19 +50,19 @@ class Classify(Task):
         return data
 
     def model_names(self, cfg: ClassifyConfig) -> list[str]:
-        return [cfg.base_model]
+        return [classifier_name(cfg)]
 
     def build_model(self, cfg: ClassifyConfig, info: DataInfo) -> nn.Module:
         from tasks.classify.training import build_classifier
 
-        return build_classifier(cfg, info)
+        return build_classifier(dataclasses.replace(cfg, base_model=classifier_name(cfg)), info)
 
     def rebuild_model(self, cfg: ClassifyConfig, info: DataInfo) -> nn.Module:
         """Without ImageNet weights: the run's own are loaded next."""
         return self.build_model(dataclasses.replace(cfg, pretrained=False), info)
 
     def weights_meta(self, cfg: ClassifyConfig, info: DataInfo) -> dict:
-        return {"base_model": cfg.base_model, "dropout": cfg.dropout, "data": dataclasses.asdict(info)}
+        return {"base_model": classifier_name(cfg), "dropout": cfg.dropout, "data": dataclasses.asdict(info)}
 
     def augmentation(self, cfg: ClassifyConfig, info: DataInfo) -> Augment:
         """The shared policies, and mixup / cutmix, which mix the labels too."""

@@ -12,4 +12,4 @@ class ClassifyConfig(Config):
     label_smoothing: float = key(0.1, "label smoothing of the training loss", at_least=0, below=1)
     dropout: float = key(0.1, "dropout before the classifier", at_least=0, below=1)
     pretrained: bool = key(False, "resnets: start from torchvision's ImageNet weights")
-    base_model: str = key("small_cnn", "the classifier, a key of model_dict", model=True)
+    base_model: str = key("small_cnn", "the classifier, a key of model_dict (small_cnn on volumes: small_cnn3d)", model=True)
