@@ -161,3 +161,30 @@ def test_the_mni152_demo_splits_by_hemisphere():
     rights = [int(i.split("/")[-1].split("_")[0]) for i in parts["val"][2]]
     assert max(lefts) + side // 2 <= midline <= min(rights) - side // 2
     assert brain_patches(side)["val"][0].equal(parts["val"][0])  # deterministic
+
+
+@pytest.mark.parametrize("size", [0, "[8,8]", 2000])
+def test_a_volume_size_the_models_cannot_take_is_exit_2(size):
+    from tasks import configs
+    from utils.config import load_config
+
+    with pytest.raises(UsageError, match="volume_size"):
+        load_config(None, ["dataset=volume_folder", "data_dir=/nowhere", f"volume_size={size}"], configs)
+
+
+@pytest.mark.parametrize("name", ["small_cnn3d", "resnet18_3d"])
+def test_both_3d_models_export_with_parity(tmp_path, name):
+    """ONNX and pt2 of each 3D model (random weights, eval mode) agree with eager torch within the gate."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from model import model_dict
+    from tasks.classify.export import export_model, load_exported, measure_parity
+
+    torch.manual_seed(0)
+    model = model_dict[name](in_channels=1, num_classes=3, image_size=(12, 10, 8), dropout=0.0, pretrained=False).eval()
+    x = torch.randn(5, 1, 12, 10, 8)
+    for fmt in ("onnx", "pt2"):
+        export_model(model, fmt, x[:2], tmp_path / f"m.{fmt}")
+        parity = measure_parity(model, load_exported(fmt, tmp_path / f"m.{fmt}"), x)
+        assert parity["passed"] and parity["argmax_agreement"] == 1.0, (fmt, parity)
