@@ -332,7 +332,8 @@ def run_info(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, 
             "name": cfg.name, "tags": cfg.tags, "notes": cfg.notes, "changed": plan.changed,
             "epochs_done": state.epoch, "steps_done": state.global_step,
             "class_names": data.info.class_names,
-            "data": data_fields(data.info) | {"dataset": cfg.dataset, "val_split": data.val_split},
+            "data": data_fields(data.info) | {"dataset": cfg.dataset, "val_split": data.val_split}
+            | ({"geometry": data.geometry} if data.geometry else {}),
             "val_hash": data.val_hash, "train_size": len(data.train), "val_size": len(data.val),
             "params": sum(p.numel() for p in model.parameters()),
             "model_source_sha256": model_source_hash(*plan.task.model_names(cfg)), **environment(device)}

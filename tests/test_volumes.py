@@ -121,7 +121,7 @@ def test_train_resume_and_predict_on_volumes(project, tmp_path):
     info = project.info(run_id)
     assert info["metrics"]["val_acc"] >= 0.95, info["metrics"]
     assert info["config"]["augment"] == "volume" and info["config"]["base_model"] == "small_cnn3d"
-    assert info["data"]["image_size"] == [16, 16, 16]
+    assert info["data"]["image_size"] == [16, 16, 16] and info["data"]["geometry"]["orientation"] == "RAS+"
     for workers in (0, 2):
         r = project.run("train.py", *args, "checkpoint_every_steps=4", env={"TEMPLATE_FAULT": "step:10"})
         assert r.returncode == -signal.SIGKILL
@@ -149,7 +149,7 @@ def test_train_resume_and_predict_on_volumes(project, tmp_path):
 def test_the_mni152_demo_splits_by_hemisphere():
     """Patches of the left hemisphere train, of the right validate: no voxel shared; classes balanced."""
     pytest.importorskip("nilearn")
-    from utils.brain import PER_CLASS, REGIONS, brain_patches, read_template
+    from utils.brain import PER_CLASS, REGIONS, brain_patches, patch_geometry, read_template
 
     side = 16
     parts = brain_patches(side)
@@ -161,6 +161,7 @@ def test_the_mni152_demo_splits_by_hemisphere():
     rights = [int(i.split("/")[-1].split("_")[0]) for i in parts["val"][2]]
     assert max(lefts) + side // 2 <= midline <= min(rights) - side // 2
     assert brain_patches(side)["val"][0].equal(parts["val"][0])  # deterministic
+    assert patch_geometry(side, (midline, 50, 40))["spacing_mm"] == [2.0, 2.0, 2.0]
 
 
 @pytest.mark.parametrize("size", [0, "[8,8]", 2000])
@@ -188,3 +189,26 @@ def test_both_3d_models_export_with_parity(tmp_path, name):
         export_model(model, fmt, x[:2], tmp_path / f"m.{fmt}")
         parity = measure_parity(model, load_exported(fmt, tmp_path / f"m.{fmt}"), x)
         assert parity["passed"] and parity["argmax_agreement"] == 1.0, (fmt, parity)
+
+
+def test_geometry_maps_resampled_voxels_to_the_world_and_writes_back(tmp_path):
+    """A bright slab at known millimetres, in a file whose first axis runs to the left: after reading
+    (RAS+), resampling to half the size and writing back with the kept affine, the slab is where it was."""
+    from utils.volumes import canonical_header, geometry, read_array, resampled, resampled_affine, save_nifti
+
+    data = np.zeros(SHAPE, np.float32)
+    data[4:6] = 1.0  # file voxels 4 and 5 on axis 0: x = 30 - 2 * 4.5 = 21 mm
+    path = tmp_path / "slab.nii.gz"
+    nib.save(nib.Nifti1Image(data, FLIPPED), str(path))
+    size = (9, 8, 7)
+    shape, affine = canonical_header(path)
+    volume = resampled(read_array(path), size)[0].numpy()
+    peak = int(volume.sum((1, 2)).argmax())
+    grid = resampled_affine(affine, shape, size)
+    assert abs((grid @ [peak, 0, 0, 1])[0] - 21.0) < 1e-6
+    g = geometry([(shape, affine)], size)
+    assert g["orientation"] == "RAS+" and g["spacing_mm"] == [4.0, 3.0, 3.0]
+    save_nifti(volume, g["affine"], tmp_path / "out.nii.gz")
+    back = nib.load(str(tmp_path / "out.nii.gz"))
+    assert np.allclose(back.affine, grid) and np.allclose(back.header.get_zooms(), (4.0, 3.0, 3.0))
+    assert abs((back.affine @ [int(np.asarray(back.dataobj).sum((1, 2)).argmax()), 0, 0, 1])[0] - 21.0) < 1e-6

@@ -84,6 +84,17 @@ def patches(t1: torch.Tensor, points: torch.Tensor, side: int) -> torch.Tensor:
     return torch.stack([t1[x:x + side, y:y + side, z:z + side] for x, y, z in lo.tolist()])[:, None]
 
 
+def patch_geometry(side: int, centre: tuple) -> dict:
+    """The geometry (utils/volumes.py) of the patch around `centre` (2 mm voxels): the template's
+    affine, averaged 2x (voxel i covers 1 mm voxels 2i and 2i + 1), moved to the patch's corner."""
+    from utils.volumes import canonical_header, geometry
+
+    _, affine = canonical_header(template_folder() / FILES["t1"])
+    to_patch = np.diag([2.0, 2.0, 2.0, 1.0])
+    to_patch[:3, 3] = 2.0 * (np.asarray(centre) - side // 2) + 0.5
+    return geometry([((side,) * 3, affine @ to_patch)], (side,) * 3)
+
+
 def brain_patches(side: int) -> dict:
     """{"train": (x, y, ids), "val": (x, y, ids)}: PER_CLASS patches a region, evenly spread."""
     maps = read_template()

@@ -232,6 +232,7 @@ class Data:
     train_ids: list
     val_ids: list
     val_split: str = "held out by split_seed"  # where the validation samples come from, for run.json
+    geometry: Optional[dict] = None  # volumes: orientation, spacing and affine after resampling (utils/volumes.py)
 
 
 def _hash_ids(dataset: str, ids: list) -> str:
@@ -326,16 +327,17 @@ def volume_samples(root: Path) -> tuple[list, list]:
     return classes, samples
 
 
-def volume_info(cfg: Config, classes: list, samples: list) -> DataInfo:
-    """One channel, the configured size or the files' median shape, normalised to [-1, 1]."""
-    from utils.volumes import volume_shape
+def volume_info(cfg: Config, classes: list, samples: list) -> tuple[DataInfo, dict]:
+    """One channel, the configured size or the files' median shape, normalised to [-1, 1]; and the
+    geometry run.json keeps (utils/volumes.py), from the headers of up to 64 files."""
+    from utils.volumes import canonical_header, geometry
 
+    headers = [canonical_header(Path(p)) for p, _ in samples[:: max(1, len(samples) // 64)]]
     if cfg.volume_size:
         size = tuple(cfg.volume_size)
     else:
-        shapes = np.array([volume_shape(Path(p)) for p, _ in samples[:: max(1, len(samples) // 64)]])
-        size = tuple(int(v) for v in np.median(shapes, axis=0))
-    return DataInfo(classes, 1, size, *_mean_std(1))
+        size = tuple(int(v) for v in np.median([shape for shape, _ in headers], axis=0))
+    return DataInfo(classes, 1, size, *_mean_std(1)), geometry(headers, size)
 
 
 def cached_volumes(source: VolumeSource, limit_mb: int) -> "TensorSource | VolumeSource":
@@ -356,7 +358,7 @@ def _volume_folder(cfg: Config) -> Data:
     if len(found) == 2 and found[0][0] != found[1][0]:
         raise UsageError(f"data_dir: {root}/val has classes {found[1][0]}, train/ has {found[0][0]}; make them equal")
     classes, samples = found[0][0], [s for _, part in found for s in part]
-    info = volume_info(cfg, classes, samples)
+    info, grid = volume_info(cfg, classes, samples)
     ids = [str(Path(p).relative_to(root)) for p, _ in samples]
     source = cached_volumes(VolumeSource(samples, info, ids, cfg.intensity), cfg.cache_mb)
     if len(parts) == 2:
@@ -368,12 +370,12 @@ def _volume_folder(cfg: Config) -> Data:
         split = "held out by split_seed"
     val_ids = [ids[i] for i in val_idx]
     return Data(SplitSet(source, train_idx, info), SplitSet(source, val_idx, info), info,
-                _hash_ids(cfg.dataset, val_ids), [ids[i] for i in train_idx], val_ids, split)
+                _hash_ids(cfg.dataset, val_ids), [ids[i] for i in train_idx], val_ids, split, grid)
 
 
 def _brain(cfg: Config) -> Data:
     """The MNI152 demo (utils/brain.py): patches of the left hemisphere to train, of the right to validate."""
-    from utils.brain import DEFAULT_SIDE, REGIONS, brain_patches
+    from utils.brain import DEFAULT_SIDE, REGIONS, brain_patches, patch_geometry
 
     side = cfg.volume_size[0] if cfg.volume_size else DEFAULT_SIDE
     if cfg.volume_size and len(set(cfg.volume_size)) > 1:
@@ -381,8 +383,9 @@ def _brain(cfg: Config) -> Data:
     parts = brain_patches(side)
     info = DataInfo(list(REGIONS), 1, (side, side, side), *_mean_std(1))
     train, val = (TensorSource(*parts[k]) for k in ("train", "val"))
+    centre = tuple(int(v) for v in train.ids[0].split("/")[-1].split("_"))  # ids: hemisphere/region/x_y_z
     return Data(_whole(train, info), _whole(val, info), info, _hash_ids(cfg.dataset, val.ids), train.ids, val.ids,
-                "the right hemisphere (training: the left)")
+                "the right hemisphere (training: the left)", patch_geometry(side, centre))
 
 
 def _named(cfg: Config) -> Data:

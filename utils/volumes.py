@@ -81,17 +81,49 @@ def load_volume(path: Path, size: tuple, rule: str) -> torch.Tensor:
     return resampled(normalised(read_array(Path(path)), rule), size)
 
 
-def volume_shape(path: Path) -> tuple:
-    """The file's (X, Y, Z) in RAS+ order, from its header alone where it has one."""
+def canonical_header(path: Path) -> tuple[tuple, np.ndarray]:
+    """The file's (X, Y, Z) and voxel-to-world affine (mm) in RAS+ order, from its header alone where
+    it has one; a .npy file has unit spacing at the origin."""
     if path.name.lower().endswith(".npy"):
-        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape[:3])
+        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape[:3]), np.eye(4)
     try:
-        image = nibabel().load(str(path))
-        return tuple(nibabel().as_closest_canonical(image).shape[:3])
+        image = nibabel().as_closest_canonical(nibabel().load(str(path)))
+        return tuple(image.shape[:3]), np.asarray(image.affine, dtype=np.float64)
     except UsageError:
         raise
     except Exception as e:  # noqa: BLE001 - as read_array
         raise UsageError(f"{path}: not a readable volume ({type(e).__name__}); replace or remove the file") from None
+
+
+def volume_shape(path: Path) -> tuple:
+    """The file's (X, Y, Z) in RAS+ order."""
+    return canonical_header(path)[0]
+
+
+def resampled_affine(affine: np.ndarray, shape: tuple, size: tuple) -> np.ndarray:
+    """The affine of a volume of `shape` resampled to `size` as `resampled` does (align_corners=False:
+    output voxel i covers input coordinates around (i + 0.5) * shape / size - 0.5)."""
+    scale = np.asarray(shape, dtype=np.float64) / np.asarray(size, dtype=np.float64)
+    grid = np.eye(4)
+    grid[:3, :3] = np.diag(scale)
+    grid[:3, 3] = 0.5 * scale - 0.5
+    return affine @ grid
+
+
+def geometry(headers: list, size: tuple) -> dict:
+    """What run.json keeps so that outputs can be written back as NIfTI: the orientation, the median
+    voxel spacing (mm) after resampling, and the first file's affine after resampling (a reference
+    grid for outputs that come from no one file, such as generated volumes). headers: canonical_header's."""
+    affines = [resampled_affine(affine, shape, size) for shape, affine in headers]
+    spacing = np.median([np.linalg.norm(a[:3, :3], axis=0) for a in affines], axis=0)
+    return {"orientation": "RAS+", "size": list(size), "spacing_mm": [round(float(v), 6) for v in spacing],
+            "affine": np.round(affines[0], 6).tolist()}
+
+
+def save_nifti(volume: np.ndarray, affine: "np.ndarray | list", path: Path) -> None:
+    """An (X, Y, Z) array written as a NIfTI file with `affine` (a run's geometry["affine"], say)."""
+    image = nibabel().Nifti1Image(np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64))
+    nibabel().save(image, str(path))
 
 
 def list_volumes(path: Path) -> list[Path]:
