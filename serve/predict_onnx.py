@@ -8,7 +8,7 @@ then preprocesses each image exactly as the template's utils/dataloader.load_ima
 scale, normalise; see preprocess.json), so it predicts the same classes as `inference.py --input`.
 Imports only the standard library, numpy, Pillow and onnxruntime; for a volume classifier (its
 preprocess.json has "volume"), nibabel too: `.nii.gz`, `.nii` and `.npy` files are reoriented to RAS,
-their intensities normalised and resampled trilinearly as utils/volumes.load_volume does.
+resampled trilinearly and their intensities normalised as utils/volumes.load_volume does.
 """
 import argparse
 import hashlib
@@ -156,9 +156,10 @@ def linear_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
 
 def preprocess_volume(path: Path, spec: dict) -> np.ndarray:
     """A volume file -> the model's input for it: (1, X, Y, Z) float32, normalised."""
-    a = intensity(read_volume(path), spec["volume"]["intensity"])
+    a = read_volume(path)
     for axis, n in enumerate(spec["volume"]["size"]):
         a = linear_axis(a, n, axis)
+    a = intensity(a, spec["volume"]["intensity"])
     return ((a - np.float32(spec["mean"][0])) / np.float32(spec["std"][0]))[None].astype(np.float32)
 
 

@@ -45,7 +45,7 @@ def make_volumes(root, per_class: int = 16, seed: int = 0):
 
 
 def test_reading_reorients_to_nibabels_canonical(tmp_path):
-    from utils.volumes import load_volume, read_array
+    from utils.volumes import canonical_header, load_volume, read_array
 
     data = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
     path = tmp_path / "v.nii.gz"
@@ -55,6 +55,14 @@ def test_reading_reorients_to_nibabels_canonical(tmp_path):
     assert np.array_equal(read_array(path), np.asarray(canonical.dataobj)) and np.array_equal(read_array(path), data[::-1])
     x = load_volume(path, (8, 8, 8), "minmax")
     assert x.shape == (1, 8, 8, 8) and float(x.min()) >= 0 and float(x.max()) <= 1
+    # the header alone gives nibabel's canonical shape and affine, also for axes stored in another order (LPI, PSR)
+    swapped = np.zeros((4, 4))
+    swapped[0, 2], swapped[1, 0], swapped[2, 1], swapped[3, 3] = -1.0, -2.0, 3.0, 1.0
+    for affine in (FLIPPED, swapped):
+        nib.save(nib.Nifti1Image(data, affine), str(path))
+        canonical = nib.as_closest_canonical(nib.load(str(path)))
+        shape, grid = canonical_header(path)
+        assert shape == canonical.shape and np.allclose(grid, canonical.affine)
 
 
 def test_intensity_rules():

@@ -76,8 +76,8 @@ class Config:
                                            "null: the data's median shape", at_least=4, at_most=1024, triple=True)
     intensity: str = key("percentile", "volumes' intensities, per volume: percentile (1st..99th to [0, 1], clipped) | minmax | "
                          "zscore", choices=("percentile", "minmax", "zscore"))
-    cache_mb: int = key(4096, "image_folder: keep decoded images in memory as uint8 when they fit in this many MiB (0: off)",
-                        at_least=0)
+    cache_mb: int = key(4096, "image_folder, volume_folder: decode once and keep in memory when the data fit in this many "
+                        "MiB (volumes above it: decoded once to a temporary file and streamed; 0: off)", at_least=0)
     num_workers: int = key(0, "data loading processes (0: in the main process, best for data held in memory)", at_least=0)
     augment: str = key("auto", "auto | none | translate | crop_flip | trivialaugment | volume (auto: the task's choice for "
                        "the data)", choices=("auto", "none", "translate", "crop_flip", "trivialaugment", "volume"))

@@ -341,13 +341,40 @@ def volume_info(cfg: Config, classes: list, samples: list) -> tuple[DataInfo, di
 
 
 def cached_volumes(source: VolumeSource, limit_mb: int) -> "TensorSource | VolumeSource":
-    """The volumes read once into memory (float32) when they fit in `limit_mb` MiB; else `source`,
-    which reads them every epoch (use num_workers then)."""
-    if not limit_mb or len(source) * 4 * int(np.prod(source.info.image_size)) > limit_mb * 2**20:
+    """The volumes decoded once (read, reoriented, normalised and resampled: float32), by a thread
+    per core: into memory when they fit in `limit_mb` MiB, else into a file of the local temporary
+    folder, mapped into memory and unlinked at once (the disk space comes back when this process
+    and its loader workers end, even after SIGKILL), from which every epoch streams at the disk's
+    speed instead of decoding again. `source` itself (files decoded every epoch) with cache_mb 0,
+    or when the temporary folder has no room."""
+    shape = (len(source), 1, *source.info.image_size)
+    nbytes = 4 * int(np.prod(shape))
+    if not limit_mb:
         return source
+    if nbytes <= limit_mb * 2**20:
+        x = torch.empty(shape)
+    else:
+        x = mapped_scratch(shape, nbytes)
+        if x is None:
+            return source
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        x = torch.cat(list(pool.map(lambda i: source.load([i])[0], range(len(source)))))
+        for i, volume in enumerate(pool.map(lambda i: source.load([i])[0], range(len(source)))):
+            x[i] = volume[0]
     return TensorSource(x, torch.tensor([c for _, c in source.samples], dtype=torch.int64), source.ids)
+
+
+def mapped_scratch(shape: tuple, nbytes: int) -> Optional[torch.Tensor]:
+    """A float32 tensor of `shape` backed by an unlinked file in the temporary folder, or None when
+    the folder has less than nbytes (plus a tenth) free."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.gettempdir()
+    if shutil.disk_usage(folder).free < nbytes * 1.1:
+        return None
+    with tempfile.NamedTemporaryFile(prefix="template-volumes-", dir=folder) as f:  # deleted on close: only the mapping stays
+        array = np.memmap(f.name, dtype=np.float32, mode="w+", shape=shape)
+    return torch.from_numpy(array)
 
 
 def _volume_folder(cfg: Config) -> Data:
