@@ -233,8 +233,9 @@ def place_model(model: torch.nn.Module, cfg: Config, device: torch.device) -> No
     """Move the model to the device, in channels_last layout when that is on."""
     import torch
 
-    if cfg.channels_last:
-        model.to(device, memory_format=torch.channels_last)
+    if cfg.channels_last:  # channels_last_3d for volume models: their weights are 5-D
+        volumetric = any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
+        model.to(device, memory_format=torch.channels_last_3d if volumetric else torch.channels_last)
     else:
         model.to(device)
 

@@ -69,7 +69,8 @@ def setup(cfg: Config):
         data.train.augment = Augment(cfg.seed, AUTO_POLICY[cfg.dataset] if cfg.augment == "auto" else cfg.augment)
     model = build_model(cfg, data.info)
     if resolve_auto(cfg, torch.device("cpu"), model, Classify()).channels_last:
-        model.to(memory_format=torch.channels_last)  # as train.py does
+        volumetric = any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
+        model.to(memory_format=torch.channels_last_3d if volumetric else torch.channels_last)  # as train.py does
     sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed)
     loader = make_loader(data.train, sampler, cfg.num_workers, False)
     val_loader = make_loader(data.val, EvalBatchSampler(len(data.val), cfg.batch_size), 0, False)
@@ -101,7 +102,7 @@ def plain_epoch(cfg, model, optimizer, scheduler, loader) -> None:
     dtype = AMP_DTYPES[cfg.amp]
     for x, y in loader:
         if cfg.channels_last:
-            x = x.to(memory_format=torch.channels_last)
+            x = x.to(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)

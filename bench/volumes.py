@@ -3,7 +3,7 @@ training step against a hand-written loop. Each figure is measured in one run; p
 writes bench/volumes.md.
 
     pip install monai             # the baseline only; the template does not use it
-    python bench/volumes.py [--files 48] [--reps 5] [--only loader,step]
+    python bench/volumes.py [--files 48] [--reps 9] [--only loader,step]
 
 1. Loader, on one folder of NIfTI files made from the MNI152 T1 template in nilearn's wheel (1 mm,
    197x233x189, int16 .nii.gz; every other file with its first axis stored flipped, so both sides
@@ -17,6 +17,8 @@ writes bench/volumes.md.
      transforms in a CacheDataset.
    Volumes per second over one epoch, the median of interleaved repetitions; the cached figures
    exclude the one-off decoding, which is reported on its own.
+3. Layout: channels_last_3d against the default layout for small_cnn3d (bf16), which decides
+   what channels_last: auto does for 3D models.
 2. Step: the Trainer's epoch against the plain loop of bench/bench.py (the same model, optimizer,
    scheduler and batches), small_cnn3d on dataset mni152, bf16 and fp32.
 """
@@ -131,17 +133,33 @@ def bench_step(reps: int) -> None:
                len(data.train) / t["template"], len(data.train) / t["plain"], t["plain"] / t["template"], ">= 0.95", "vol/s")
 
 
+def bench_layout(reps: int) -> None:
+    """channels_last_3d against the default layout, small_cnn3d on mni152, bf16 and fp32: what
+    channels_last: auto decides for 3D models."""
+    for amp in ("bf16", "none"):
+        epochs = {}
+        for layout in (True, False):
+            cfg = Config(dataset="mni152", base_model="small_cnn3d", amp=amp, channels_last=layout, epochs=10)
+            data, model, sampler, loader, val_loader = setup(cfg)
+            epochs[layout] = (lambda t: lambda: trainer_epoch(t))(make_trainer(cfg, model, loader, val_loader))
+        t = interleaved({"channels_last_3d": epochs[True], "default": epochs[False]}, reps)
+        record(f"3D step: epoch seconds, channels_last_3d / default layout ({'fp32' if amp == 'none' else amp})",
+               t["channels_last_3d"], t["default"], t["channels_last_3d"] / t["default"], "(decides channels_last: auto)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", type=int, default=48)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--only", default="loader,step")
+    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--only", default="loader,step,layout")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if "loader" in args.only:
         bench_loader(args.files, args.reps)
     if "step" in args.only:
         bench_step(args.reps)
+    if "layout" in args.only:
+        bench_layout(args.reps)
     lines = [f"# bench/volumes.py ({platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads)", "", "| figure | template | baseline | ratio | target |",
              "| --- | --- | --- | --- | --- |", *(f"| {' | '.join(row)} |" for row in ROWS)]
