@@ -6,6 +6,7 @@ of shape (B, num_classes); one for volumes says `volumetric = True` and gets ima
 (in_channels, image_size): each task builds its models with its own arguments (tasks/).
 """
 from model.dcgan import DCGANCritic, DCGANGenerator
+from model.dcgan3d import DCGAN3dCritic, DCGAN3dGenerator
 from model.mlp import MLP
 from model.resnet import ResNet18, ResNet50
 from model.resnet3d import ResNet18_3d
@@ -23,4 +24,6 @@ model_dict = {
     "dcgan_critic": DCGANCritic,
     "small_cnn3d": SmallCNN3d,
     "resnet18_3d": ResNet18_3d,
+    "dcgan3d_generator": DCGAN3dGenerator,
+    "dcgan3d_critic": DCGAN3dCritic,
 }

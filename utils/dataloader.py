@@ -311,12 +311,16 @@ class VolumeSource:
 
 
 def volume_samples(root: Path) -> tuple[list, list]:
-    """(class names, [(path, class index)]) of a folder of class sub-folders of volume files."""
+    """(class names, [(path, class index)]) of a folder of class sub-folders of volume files, or
+    ([], [(path, -1)]) of a flat folder of them (unlabelled)."""
     from utils.volumes import VOLUME_EXTENSIONS, is_volume
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise UsageError(f"data_dir: {root} has no class sub-folders; put each class's volumes in a folder of its own")
+    if not classes:  # a flat folder: unlabelled volumes (label -1), for generative tasks
+        flat = sorted(p for p in root.iterdir() if p.is_file() and is_volume(p))
+        if not flat:
+            raise UsageError(f"data_dir: {root} has no volume files ({', '.join(VOLUME_EXTENSIONS)}) and no class sub-folders")
+        return [], [(str(p), -1) for p in flat]
     samples = []
     for c, name in enumerate(classes):
         files = sorted(p for p in (root / name).rglob("*") if p.is_file() and is_volume(p))

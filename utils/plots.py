@@ -49,6 +49,21 @@ def mid_slices(volume) -> list:
     return [volume[x].T, volume[:, y].T, volume[:, :, z].T]
 
 
+def triptych(volumes):
+    """(N, C, X, Y, Z) volumes -> (N, C, H, W) pictures: each volume's three mid-slices side by side
+    (sagittal, coronal, axial, superior or anterior up, one blank pixel between), so a grid of images
+    (torchvision's make_grid) shows volumes too."""
+    import torch
+
+    out = []
+    for volume in volumes:
+        slices = [[s.flip(0) for s in mid_slices(c)] for c in volume]  # per channel: 3 (rows, cols), row 0 at the top
+        height = max(s.shape[0] for s in slices[0])
+        padded = [[torch.nn.functional.pad(s, (0, 1, 0, height - s.shape[0]), value=1.0) for s in c] for c in slices]
+        out.append(torch.stack([torch.cat(c, dim=1) for c in padded]))
+    return torch.stack(out)
+
+
 def plot_samples(samples, titles: list[str], path: Path, volumetric: bool) -> None:
     """One row per sample (C, ...) in [0, 1], titled: an image, or a volume's three mid-slices."""
     views = ("sagittal", "coronal", "axial") if volumetric else ("",)

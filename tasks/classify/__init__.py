@@ -43,7 +43,12 @@ class Classify(Task):
                 "base_model": classifier_name(cfg)}
 
     def prepare_data(self, cfg: ClassifyConfig, data: Data) -> Data:
-        """ImageNet's normalisation for pretrained weights on colour images."""
+        """ImageNet's normalisation for pretrained weights on colour images. Unlabelled data are exit 2."""
+        from utils.errors import UsageError
+
+        if not data.info.class_names:
+            raise UsageError(f"data_dir: {cfg.data_dir} holds volumes without class sub-folders, which a classifier cannot "
+                             "learn from; put each class in a sub-folder of its own (a flat folder is for task=wgan_gp)")
         if cfg.pretrained and data.info.in_channels == 3:
             info = dataclasses.replace(data.info, mean=IMAGENET_MEAN, std=IMAGENET_STD)
             data.info = data.train.info = data.val.info = info

@@ -37,10 +37,13 @@ class WganGp(Task):
 
     # ------------------------------------------------------------ building
     def resolve(self, cfg: WganGpConfig) -> dict:
-        """No augmentation; fp32 unless asked (the penalty differentiates twice); fid_features pinned to a run id."""
+        """No augmentation; fp32 unless asked (the penalty differentiates twice); fid_features pinned to a
+        run id; the default DCGAN pair in 3D on volumes."""
         from tasks.wgan_gp.report import find_classifier
+        from tasks.wgan_gp.training import gan_names
 
-        out = {"augment": "none" if cfg.augment == "auto" else cfg.augment}
+        generator, critic = gan_names(cfg)
+        out = {"augment": "none" if cfg.augment == "auto" else cfg.augment, "generator": generator, "critic": critic}
         if cfg.amp == "auto":
             out["amp"] = "none"
         if cfg.fid_features is not None:
@@ -57,7 +60,9 @@ class WganGp(Task):
         return data
 
     def model_names(self, cfg: WganGpConfig) -> list[str]:
-        return [cfg.generator, cfg.critic]
+        from tasks.wgan_gp.training import gan_names
+
+        return list(gan_names(cfg))
 
     def build_model(self, cfg: WganGpConfig, info: DataInfo) -> nn.Module:
         from tasks.wgan_gp.training import build_pair
@@ -65,7 +70,10 @@ class WganGp(Task):
         return build_pair(cfg, info)
 
     def weights_meta(self, cfg: WganGpConfig, info: DataInfo) -> dict:
-        return {"task": "wgan_gp", "generator": cfg.generator, "critic": cfg.critic, "latent_dim": cfg.latent_dim,
+        from tasks.wgan_gp.training import gan_names
+
+        generator, critic = gan_names(cfg)
+        return {"task": "wgan_gp", "generator": generator, "critic": critic, "latent_dim": cfg.latent_dim,
                 "data": dataclasses.asdict(info)}
 
     def build_parts(self, cfg: WganGpConfig, model: nn.Module, steps_per_epoch: int, device: torch.device) -> TrainingParts:

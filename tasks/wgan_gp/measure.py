@@ -92,14 +92,24 @@ def class_shares(probs: np.ndarray, names: list[str]) -> dict:
             "per_class": {n: float((confident & (pred == i)).mean()) for i, n in enumerate(names)}}
 
 
-def save_grid(images: torch.Tensor, path: Path, columns: int = 8, title: Optional[str] = None) -> None:
-    """A grid of images in [0, 1] as a PNG (atomically)."""
+def picture_grid(images: torch.Tensor, columns: int = 8) -> np.ndarray:
+    """(H, W, C) grid of images in [0, 1], or of volumes as their three mid-slices (4 to a row)."""
     from torchvision.utils import make_grid
 
+    from utils.plots import triptych
+
+    if images.ndim == 5:
+        images, columns = triptych(images), max(1, columns // 2)
+    return make_grid(images, nrow=columns, padding=1, pad_value=1.0).permute(1, 2, 0).numpy()
+
+
+def save_grid(images: torch.Tensor, path: Path, columns: int = 8, title: Optional[str] = None) -> None:
+    """A grid of images (or volumes) in [0, 1] as a PNG (atomically)."""
     from utils.plots import new_figure, save_figure
 
-    grid = make_grid(images, nrow=columns, padding=1, pad_value=1.0).permute(1, 2, 0).numpy()
-    fig = new_figure(6, 6)
+    grid = picture_grid(images, columns)
+    height = 6 * grid.shape[0] / grid.shape[1]  # the figure takes the grid's aspect (volumes: 3 slices wide)
+    fig = new_figure(6, height / 0.94 if title else height)
     ax = fig.add_axes((0, 0, 1, 0.94 if title else 1))
     ax.imshow(grid if grid.shape[2] == 3 else grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")

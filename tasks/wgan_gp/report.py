@@ -18,6 +18,7 @@ from tasks.wgan_gp.measure import (
     frechet_interval,
     generate,
     load_classifier,
+    picture_grid,
     real_confident_share,
     real_images,
     save_grid,
@@ -114,7 +115,8 @@ def calibration_note(figures: dict) -> str:
 
 
 def evaluate_run(task: Task, cfg: Config, run: dict, input_path) -> None:
-    """samples.png (an 8x8 grid from sample_seed's codes) and gan_metrics.json under the run's inference/."""
+    """samples.png (an 8x8 grid from sample_seed's codes; volumes: 16 as their mid-slices, and 8 as
+    NIfTI files in samples/) and gan_metrics.json under the run's inference/."""
     torch_only(cfg.backend, run)
     if input_path:
         raise UsageError(f"--input: a wgan_gp run generates images and takes none; python inference.py resume={run['id']} "
@@ -122,7 +124,10 @@ def evaluate_run(task: Task, cfg: Config, run: dict, input_path) -> None:
     device = resolve_device(cfg.inference_device, "inference_device")
     m = measure(task, cfg, run, device, classifier_for(task, cfg, run, device, required=False))
     out = inference_dir(m.loaded)
-    save_grid(m.images[:64], out / "samples.png", title=f"run {run['id']}, sample_seed {cfg.sample_seed}")
+    volumes = m.images.ndim == 5
+    save_grid(m.images[:16 if volumes else 64], out / "samples.png", title=f"run {run['id']}, sample_seed {cfg.sample_seed}")
+    if volumes:
+        write_volumes(m.images[:8], run, out / "samples")
     write_json(out / "gan_metrics.json", m.figures)
     f = m.figures
     if f["fid_features"] is None:
@@ -135,6 +140,17 @@ def evaluate_run(task: Task, cfg: Config, run: dict, input_path) -> None:
     if calibration_note(f):
         print(calibration_note(f), file=sys.stderr)
     print(f"wrote {out}/samples.png and gan_metrics.json")
+
+
+def write_volumes(volumes: torch.Tensor, run: dict, folder) -> None:
+    """Generated volumes (N, 1, X, Y, Z) in [0, 1] as NIfTI files 0.nii.gz ... in the data's geometry
+    (run.json's data.geometry: the first training file's grid), for a viewer beside the real scans."""
+    from utils.volumes import save_nifti
+
+    folder.mkdir(exist_ok=True)
+    affine = ((run.get("data") or {}).get("geometry") or {}).get("affine", np.eye(4).tolist())
+    for i, volume in enumerate(volumes):
+        save_nifti(volume[0].numpy(), affine, folder / f"{i}.nii.gz")
 
 
 def compare(task: Task, cfg: Config, run_a: dict, run_b: dict, backends: tuple, input_path) -> int:
@@ -174,14 +190,12 @@ def gan_markdown(r: dict) -> str:
 
 def plot_pair(ms: dict, path) -> None:
     """Both sample grids side by side (the same codes), and both class histograms."""
-    from torchvision.utils import make_grid
-
     from utils.plots import new_figure, save_figure
 
     fig = new_figure(15, 5, layout="tight")
     axes = fig.subplots(1, 3)
     for ax, key in zip(axes, ("A", "B")):
-        grid = make_grid(ms[key].images[:64], nrow=8, padding=1, pad_value=1.0).permute(1, 2, 0).numpy()
+        grid = picture_grid(ms[key].images[:64 if ms[key].images.ndim == 4 else 16])
         ax.imshow(grid if grid.shape[2] == 3 else grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{key}: {ms[key].figures['run']}  FD {ms[key].figures['frechet_distance']:.3f}")
         ax.axis("off")

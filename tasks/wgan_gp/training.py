@@ -5,6 +5,7 @@ The latent codes and the penalty's interpolation weights of step s are drawn who
 batch from a generator seeded by (seed, s), and each process takes its micro-batch's rows: they do
 not depend on where a run was cut, on num_workers or on the number of processes.
 """
+import dataclasses
 import hashlib
 
 import torch
@@ -31,7 +32,22 @@ class GanPair(nn.Module):
         self.generator, self.critic = generator, critic
 
 
+def gan_names(cfg: WganGpConfig) -> tuple[str, str]:
+    """generator and critic, where the 2D defaults follow the data: dcgan3d_* on volumes."""
+    from utils.config import VOLUME_DATASETS
+
+    volumes = cfg.dataset in VOLUME_DATASETS
+    return tuple("dcgan3d_" + name[len("dcgan_"):] if volumes and name == f"dcgan_{part}" else name
+                 for name, part in ((cfg.generator, "generator"), (cfg.critic, "critic")))
+
+
 def build_pair(cfg: WganGpConfig, info: DataInfo) -> GanPair:
+    for name in gan_names(cfg):
+        if getattr(model_dict[name], "volumetric", False) != info.volumetric:
+            raise UsageError(f"generator/critic: {name} is a {'2D' if info.volumetric else '3D'} model and dataset {cfg.dataset} "
+                             f"holds {'volumes' if info.volumetric else 'images'}; use "
+                             f"{'dcgan3d_generator and dcgan3d_critic' if info.volumetric else 'dcgan_generator and dcgan_critic'}")
+    cfg = dataclasses.replace(cfg, generator=gan_names(cfg)[0], critic=gan_names(cfg)[1])
     try:
         generator = model_dict[cfg.generator](latent_dim=cfg.latent_dim, out_channels=info.in_channels, image_size=info.image_size)
         critic = model_dict[cfg.critic](in_channels=info.in_channels, image_size=info.image_size)
@@ -60,11 +76,11 @@ def rows_of_micro_batch(t: torch.Tensor, micro: int, index: int) -> torch.Tensor
 def critic_loss(cfg: WganGpConfig, pair: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
     """Real images, generated ones and their interpolations in one critic pass:
     D(fake) - D(real) + gp_weight * (|grad D(interpolation)| - 1)^2, the norm over each whole sample."""
-    real, b = batch.x, batch.size  # (B, C, H, W) in [-1, 1]
+    real, b = batch.x, batch.size  # (B, C, H, W), or (B, C, X, Y, Z) for volumes, in [-1, 1]
     total = b * cfg.grad_accum_steps * dist.world_size()
     gen = stream(cfg.seed, batch.step, "critic")
     z = rows_of_micro_batch(latent(cfg, total, gen), b, batch.index).to(real.device)
-    eps = rows_of_micro_batch(torch.rand(total, 1, 1, 1, generator=gen), b, batch.index).to(real.device)
+    eps = rows_of_micro_batch(torch.rand(total, *[1] * (real.ndim - 1), generator=gen), b, batch.index).to(real.device)
     with torch.no_grad():
         fake = pair.generator(z)
     mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
