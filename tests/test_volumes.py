@@ -138,6 +138,9 @@ def test_train_resume_and_predict_on_volumes(project, tmp_path):
         assert project.info(child)["weights"]["sha256"] == info["weights"]["sha256"]
     r = project.run("inference.py", "--compare", run_id, child, "inference_device=cpu")  # A/B of two volume classifiers
     assert r.returncode == 0 and "| accuracy |" in r.stdout and "They disagree on 0 samples" in r.stdout, r.stderr
+    held_out = make_volumes(tmp_path / "held_out", per_class=4, seed=1)
+    r = project.run("inference.py", "--compare", run_id, child, "inference_device=cpu", "--input", str(held_out))
+    assert r.returncode == 0 and "| accuracy |" in r.stdout and str(held_out) in r.stdout, r.stdout + r.stderr
     assert project.run("inference.py", f"resume={run_id}", "inference_device=cpu").returncode == 0
     assert (project.experiments / run_id / "inference" / "mistakes.png").read_bytes()[:4] == b"\x89PNG"
     r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu", "--input", str(root / "bar" / "3.nii.gz"))

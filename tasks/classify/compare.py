@@ -13,7 +13,7 @@ from infer.runs import LoadedRun, amp_dtype, inference_dir, load_run, rebuild_da
 from tasks.base import Task
 from tasks.classify.training import Evaluation, evaluate, per_class_accuracy
 from utils.config import Config
-from utils.dataloader import EvalBatchSampler, FileSource, SplitSet, folder_samples, make_loader
+from utils.dataloader import EvalBatchSampler, FileSource, SplitSet, VolumeSource, folder_samples, make_loader, volume_samples
 from utils.errors import UsageError
 from utils.plots import new_figure, save_figure
 from utils.runstore import read_metrics
@@ -54,13 +54,14 @@ def reading(test: dict, a: str, b: str) -> str:
 def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[SplitSet, SplitSet, list, str]:
     """The same samples as each run sees them (own preprocessing): B's validation split, or a
     labelled folder. Refuses samples that A trained on."""
-    if input_path and b.info.volumetric:
-        raise UsageError("--input: volume classifiers are compared on B's validation split; drop --input")
+    if a.info.volumetric != b.info.volumetric:
+        raise UsageError(f"--compare: run {a.run['id']} and run {b.run['id']} take different data (one images, one volumes); "
+                         "compare runs of the same kind")
     if input_path:
         root = Path(input_path).expanduser().resolve()
         if not root.is_dir():
             raise UsageError(f"--input: '{input_path}' is not a folder; with --compare give a folder of class sub-folders")
-        classes, samples = folder_samples(root)
+        classes, samples = (volume_samples if b.info.volumetric else folder_samples)(root)
         if classes != b.info.class_names:
             raise UsageError(f"--input: the folder's classes {classes} differ from the runs' {b.info.class_names}")
         ids = [str(Path(p)) for p, _ in samples]
@@ -69,7 +70,9 @@ def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[Spl
         if overlap:
             raise UsageError(f"--compare: {len(overlap)} of these samples are in run {a.run['id']}'s training data "
                              f"(e.g. {overlap[0]}); compare on held-out samples")
-        sets = [SplitSet(FileSource(samples, run.info, ids), list(range(len(samples))), run.info) for run in (a, b)]
+        sources = [VolumeSource(samples, run.info, ids, run.cfg.intensity) if run.info.volumetric else FileSource(samples, run.info, ids)
+                   for run in (a, b)]
+        sets = [SplitSet(source, list(range(len(samples))), run.info) for source, run in zip(sources, (a, b))]
         return sets[0], sets[1], ids, f"the labelled folder {root}"
     data_b = rebuild_data(b.cfg, b.task)
     if data_b.val_hash != b.run["val_hash"]:
@@ -92,7 +95,7 @@ def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[Spl
 
 def _training_files(run: LoadedRun) -> set:
     """Absolute paths of the files a run trained on (empty for in-memory data sets)."""
-    if run.cfg.dataset != "image_folder":
+    if run.cfg.dataset not in ("image_folder", "volume_folder"):
         return set()
     root = Path(run.cfg.data_dir).expanduser().resolve()
     return {str(root / i) for i in rebuild_data(run.cfg, run.task).train_ids}
