@@ -5,6 +5,7 @@ of shape (B, num_classes); one for volumes says `volumetric = True` and gets ima
 (X, Y, Z). A GAN's generator takes (latent_dim, out_channels, image_size) and its critic
 (in_channels, image_size): each task builds its models with its own arguments (tasks/).
 """
+from model.alpha_gan import AlphaCritic, AlphaEncoder, AlphaGenerator, CodeCritic
 from model.dcgan import DCGANCritic, DCGANGenerator
 from model.dcgan3d import DCGAN3dCritic, DCGAN3dGenerator
 from model.mlp import MLP
@@ -26,4 +27,8 @@ model_dict = {
     "resnet18_3d": ResNet18_3d,
     "dcgan3d_generator": DCGAN3dGenerator,
     "dcgan3d_critic": DCGAN3dCritic,
+    "alpha_encoder": AlphaEncoder,
+    "alpha_generator": AlphaGenerator,
+    "alpha_critic": AlphaCritic,
+    "code_critic": CodeCritic,
 }

@@ -2,6 +2,7 @@
 (tasks/base.py) holds everything specific to what the loop trains (README, "Adding a task");
 train.py, inference.py and the Trainer call only its members, so the run store, state.pt, resume,
 DDP, AMP and the reports work for every task. Importing this module does not import torch."""
+from tasks.alpha_wgan_gp import AlphaWganGp
 from tasks.base import Task
 from tasks.classify import Classify
 from tasks.wgan_gp import WganGp
@@ -10,6 +11,7 @@ from utils.errors import UsageError
 task_dict: dict[str, type[Task]] = {
     "classify": Classify,
     "wgan_gp": WganGp,
+    "alpha_wgan_gp": AlphaWganGp,
 }
 configs = {name: task.config for name, task in task_dict.items()}  # each task's config class, for utils/config.py
 

@@ -43,3 +43,24 @@ class Phase:
     every: int = 1            # due on the steps s with (s + 1) % every == 0: a second network stepped every few steps
     uses_data: bool = True    # False: the loss gets x = y = None and draws its inputs (random codes) itself
     moves_ema: bool = True    # the EMA follows the model after this phase's steps (its decay warms up over them)
+
+
+# ---------------------------------------------------------------- a step's own randomness
+def stream(seed: int, step: int, name: str) -> torch.Generator:
+    """A CPU generator seeded by (seed, step, name): the randomness of one step (latent codes, the
+    penalty's interpolation weights), from nothing else, so a resumed run draws the same."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(f"{seed}:{step}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def rows_of_micro_batch(t: torch.Tensor, micro: int, index: int) -> torch.Tensor:
+    """This process's rows of micro-batch `index` of a global batch drawn whole: (world x accum)
+    slices, so the draws do not depend on the number of processes or on accumulation."""
+    from utils import dist
+
+    start = (index * dist.world_size() + dist.rank()) * micro
+    return t[start:start + micro]

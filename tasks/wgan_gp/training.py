@@ -6,14 +6,13 @@ batch from a generator seeded by (seed, s), and each process takes its micro-bat
 not depend on where a run was cut, on num_workers or on the number of processes.
 """
 import dataclasses
-import hashlib
 
 import torch
 from torch import nn
 
 from model import model_dict
 from tasks.wgan_gp.config import WganGpConfig
-from train.phases import Batch
+from train.phases import Batch, rows_of_micro_batch, stream  # noqa: F401 - stream: the seeded draws of a step
 from train.trainer import to_device
 from utils import dist
 from utils.dataloader import DataInfo
@@ -57,20 +56,8 @@ def build_pair(cfg: WganGpConfig, info: DataInfo) -> GanPair:
     return GanPair(generator, critic)
 
 
-def stream(seed: int, step: int, name: str) -> torch.Generator:
-    """A CPU generator seeded by (seed, step, name): the randomness of one step, from nothing else."""
-    digest = hashlib.sha256(f"{seed}:{step}:{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
 def latent(cfg: WganGpConfig, count: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randn(count, cfg.latent_dim, generator=gen)  # (count, latent_dim)
-
-
-def rows_of_micro_batch(t: torch.Tensor, micro: int, index: int) -> torch.Tensor:
-    """This process's rows of micro-batch `index` of a global batch drawn whole: (world x accum) slices."""
-    start = (index * dist.world_size() + dist.rank()) * micro
-    return t[start:start + micro]
 
 
 def critic_loss(cfg: WganGpConfig, pair: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:

@@ -1,0 +1,105 @@
+"""The 3D alpha-WGAN-GP's networks and losses, with each fix of the reference code tested:
+the code critic learns from the encoder's codes, the penalty's norm is per sample, one step of
+each optimizer per iteration, and the critics' normalisation is a setting."""
+import pytest
+import torch
+
+from model.alpha_gan import AlphaCritic, AlphaEncoder, AlphaGenerator, CodeCritic
+from tasks.alpha_wgan_gp.config import AlphaWganGpConfig
+from tasks.alpha_wgan_gp.training import AlphaGan, code_critic_loss, critic_loss, penalty
+from train.phases import Batch
+from utils.errors import UsageError
+
+SIZE, CODE = 8, 16
+
+
+def networks(norm: str = "none", size: int = SIZE) -> AlphaGan:
+    torch.manual_seed(0)
+    return AlphaGan(AlphaEncoder(1, size, CODE, 4), AlphaGenerator(CODE, 1, size, 4), AlphaCritic(1, size, 4, norm),
+                    CodeCritic(CODE, 32, norm))
+
+
+def batch(seed: int, size: int = SIZE) -> Batch:
+    x = torch.rand(4, 1, size, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return Batch(x, None, 4, 0, 0)
+
+
+@pytest.mark.parametrize("size, width", [(8, 4), (32, 16), (64, 64)])
+def test_the_networks_are_sized_from_the_volume(size, width):
+    """At 64^3 and width 64 the critic's stages are the paper's 64-128-256-512."""
+    critic = AlphaCritic(1, size, width)
+    convs = [m.out_channels for m in critic.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs[:-1] == [width * 2 ** i for i in range(len(convs) - 1)] and convs[-1] == 1
+    if size == 64:
+        assert convs[:-1] == [64, 128, 256, 512]
+        return  # the paper's size: too heavy to run here
+    z = torch.randn(2, CODE)
+    volume = AlphaGenerator(CODE, 1, size, width)(z)
+    assert volume.shape == (2, 1, size, size, size) and volume.abs().max() <= 1
+    assert AlphaEncoder(1, size, CODE, width)(volume).shape == (2, CODE) and critic(volume).shape == (2,)
+
+
+@pytest.mark.parametrize("size", [12, [8, 8, 16], 4])
+def test_a_volume_size_the_networks_cannot_take_is_a_usage_error(size):
+    from tasks.alpha_wgan_gp.training import build_networks
+    from utils.dataloader import DataInfo
+
+    info = DataInfo([], 1, tuple(size) if isinstance(size, list) else (size,) * 3, (0.5,), (0.5,))
+    with pytest.raises(UsageError, match="volume_size"):
+        build_networks(AlphaWganGpConfig(), info)
+
+
+def test_the_code_critic_learns_from_the_encoders_codes():
+    """CD's weights get a non-zero gradient from the term CD(E(x)): with the same prior codes and
+    other volumes x, CD's gradient changes (the reference's frozen-CD term gave none); E gets none."""
+    cfg = AlphaWganGpConfig(gp_weight=0.0, code_dim=CODE)
+    grads = []
+    for seed in (1, 2):
+        nets = networks()
+        loss, _ = code_critic_loss(cfg, nets, batch(seed))
+        loss.backward()
+        assert all(p.grad is None for p in nets.encoder.parameters())
+        grads.append(torch.cat([p.grad.flatten() for p in nets.code_critic.parameters()]))
+    assert grads[0].abs().sum() > 0 and not torch.allclose(grads[0], grads[1])
+
+
+def test_the_penalty_takes_the_norm_over_each_whole_sample():
+    """A linear critic f(x) = <w, x> has gradient w for every sample: the penalty is (|w| - 1)^2,
+    whatever the interpolation; a norm per voxel would give mean((|w_v| - 1)^2) instead."""
+    w = torch.randn(1, 1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    class Linear(torch.nn.Module):
+        def forward(self, x):
+            return (x * w).flatten(1).sum(1)
+
+    real, fake, eps = torch.randn(3, 1, 4, 4, 4), torch.randn(3, 1, 4, 4, 4), torch.rand(3, 1, 1, 1, 1)
+    expected = (w.norm() - 1) ** 2
+    assert torch.allclose(penalty(Linear(), real, fake, eps), expected)
+    assert not torch.allclose(((w.abs() - 1) ** 2).mean(), expected)
+
+
+@pytest.mark.parametrize("norm", ["none", "layer", "batch"])
+def test_the_critics_normalisation_is_a_setting(norm):
+    nets = networks(norm, 16)  # 16^3: two stages, the second normalised
+    kinds = {type(m).__name__ for m in nets.critic.modules()} | {type(m).__name__ for m in nets.code_critic.modules()}
+    assert ({"none": set(), "layer": {"GroupNorm", "LayerNorm"}, "batch": {"BatchNorm3d", "BatchNorm1d"}}[norm]
+            <= kinds) and (norm == "batch" or not kinds & {"BatchNorm3d", "BatchNorm1d"})
+    loss, metrics = critic_loss(AlphaWganGpConfig(code_dim=CODE), nets, batch(1, 16))
+    loss.backward()
+    assert torch.isfinite(loss) and set(metrics) == {"d_loss", "d_gp", "train_wdist"}
+    assert all(p.grad is None for p in nets.generator.parameters())  # the fakes are made without a graph
+
+
+@pytest.mark.slow
+def test_each_optimizer_steps_once_per_iteration(project):
+    """state.pt after one epoch: every parameter of D, CD, E and G has taken exactly one Adam step per
+    iteration (the reference stepped G twice), and run.json names the four networks."""
+    run_id = project.train("task=alpha_wgan_gp", "volume_size=8", "batch_size=43", "epochs=1")
+    info = project.info(run_id)
+    assert info["model"] == "alpha_encoder+alpha_generator+alpha_critic+code_critic" and info["steps_done"] == 22
+    state = torch.load(project.experiments / run_id / "state.pt", weights_only=True)
+    for name in ("critic", "code_critic", "autoencoder"):
+        steps = {int(s["step"]) for s in state["optimizers"][name]["state"].values()}
+        assert steps == {22}, (name, steps)
+    r = project.run("train.py", "task=alpha_wgan_gp", "dataset=digits")
+    assert r.returncode == 2 and "dataset" in r.stderr
