@@ -90,3 +90,16 @@ def test_gan_trains_and_continues_under_two_processes(project):
     r = torchrun(project, 2, f"resume={run_id}", "epochs=2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert project.info(project.run_ids()[-1])["epochs_done"] == 2
+
+
+def test_alpha_gan_trains_and_continues_under_two_processes(project):
+    """task=alpha_wgan_gp under DDP: its four networks each wrapped on its own, three phases, both
+    penalties' double backward through DDP; the run continues under torchrun."""
+    small = ("task=alpha_wgan_gp", "volume_size=8", "batch_size=44")
+    r = torchrun(project, 2, "device=cpu", *small, "epochs=1")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (run_id,) = project.run_ids()
+    assert project.info(run_id)["world_size"] == 2
+    r = torchrun(project, 2, f"resume={run_id}", "epochs=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert project.info(project.run_ids()[-1])["epochs_done"] == 2
