@@ -103,3 +103,30 @@ def test_each_optimizer_steps_once_per_iteration(project):
         assert steps == {22}, (name, steps)
     r = project.run("train.py", "task=alpha_wgan_gp", "dataset=digits")
     assert r.returncode == 2 and "dataset" in r.stderr
+
+
+def test_ssim_in_3d_is_pytorch_msssims():
+    pytorch_msssim = pytest.importorskip("pytorch_msssim")
+    from tasks.alpha_wgan_gp.measure import ssim3d
+
+    a = torch.rand(3, 1, 24, 20, 22, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    b = (a + 0.3 * torch.randn(a.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    assert torch.allclose(ssim3d(a, b), pytorch_msssim.ssim(a, b, data_range=2, size_average=False), atol=1e-5)
+    assert torch.allclose(ssim3d(a, a), torch.ones(3))
+
+
+def test_the_mmd_is_unbiased_and_pairwise_ssim_sees_collapse():
+    """MMD^2 of two samples of one distribution averages ~0 (the unbiased estimator goes below 0 as
+    often as above); of a shifted one it is clearly positive. A collapsed generator (one volume
+    repeated) has pairwise SSIM 1; independent noise volumes near 0."""
+    from tasks.alpha_wgan_gp.measure import bandwidth_of, mmd2, pairwise_ssim
+
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randn(200, 16, generator=gen, dtype=torch.float64)
+    bandwidth = bandwidth_of(real)
+    same = [mmd2(torch.randn(60, 16, generator=gen, dtype=torch.float64), real, bandwidth) for _ in range(20)]
+    shifted = mmd2(torch.randn(60, 16, generator=gen, dtype=torch.float64) + 0.5, real, bandwidth)
+    assert abs(sum(same) / len(same)) < 0.005 and min(same) < 0 and shifted > 10 * max(abs(v) for v in same)
+    one = torch.rand(1, 1, 12, 12, 12, generator=gen).repeat(6, 1, 1, 1, 1)
+    assert pairwise_ssim(one) == pytest.approx(1.0)
+    assert pairwise_ssim(torch.rand(6, 1, 12, 12, 12, generator=gen) * 2 - 1) < 0.1

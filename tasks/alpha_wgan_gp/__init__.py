@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 class AlphaWganGp(Task):
     name = "alpha_wgan_gp"
     config = AlphaWganGpConfig
-    modes = {"val_l1": "min", "val_wdist": "min"}
+    # val_pair_ssim (diversity) is recorded too, but is no monitor: noise has the lowest
+    modes = {"val_l1": "min", "val_mmd": "min", "val_ssim": "max", "val_wdist": "min"}
 
     # ------------------------------------------------------------ building
     def resolve(self, cfg: AlphaWganGpConfig) -> dict:

@@ -109,19 +109,32 @@ def autoencoder_loss(cfg: AlphaWganGpConfig, nets: nn.Module, batch: Batch) -> t
 
 @torch.no_grad()
 def validate(cfg: AlphaWganGpConfig, nets: nn.Module, loader, device: torch.device) -> dict:
-    """val_l1: the mean absolute error of held-out volumes through E then G, in [-1, 1] units; and
-    val_wdist, D's estimate of the distance between them and as many generated volumes."""
+    """The epoch's measures (measure.py), on the held-out volumes and as many generated ones (codes of
+    (seed, "validation"), the same every epoch): val_l1 and val_ssim of the volumes through E then G
+    (mean absolute error in [-1, 1] units; SSIM, data range 2), val_mmd (unbiased kernel MMD^2 between
+    generated and held-out volumes), val_pair_ssim (the mean SSIM of pairs of generated volumes:
+    diversity, near 1 when collapsed) and val_wdist (D's estimate of the Wasserstein distance)."""
+    from tasks.alpha_wgan_gp.measure import bandwidth_of, mmd2, pairwise_ssim, pooled, ssim3d
     from train.trainer import to_device
 
-    l1_sum, real_sum, fake_sum, count = (torch.zeros((), device=device) for _ in range(4))
+    sums = {k: torch.zeros((), dtype=torch.float64) for k in ("l1", "ssim", "real", "fake", "count")}
+    real_features, fake_features, samples = [], [], []
     every = torch.randn(len(loader.dataset), cfg.code_dim, generator=stream(cfg.seed, 0, "validation"))
     for x, _ in loader:
         x = to_device(x, device, bool(cfg.channels_last))
-        z = every[int(count): int(count) + len(x)].to(device)
-        l1_sum += (nets.generator(nets.encoder(x)) - x).abs().flatten(1).mean(1).float().sum()
-        real_sum += nets.critic(x).float().sum()
-        fake_sum += nets.critic(nets.generator(z)).float().sum()
-        count += len(x)
-    l1_sum, real_sum, fake_sum, count = (dist.all_reduce_sum(t) for t in (l1_sum, real_sum, fake_sum, count))
-    n = max(1, int(count))
-    return {"val_l1": float(l1_sum) / n, "val_wdist": float(real_sum - fake_sum) / n}
+        recon = nets.generator(nets.encoder(x)).float()
+        fake = nets.generator(every[int(sums["count"]): int(sums["count"]) + len(x)].to(device)).float()
+        sums["l1"] += (recon - x).abs().flatten(1).mean(1).sum().cpu()
+        sums["ssim"] += ssim3d(recon, x.float()).sum().cpu()
+        sums["real"] += nets.critic(x).float().sum().cpu()
+        sums["fake"] += nets.critic(fake).float().sum().cpu()
+        sums["count"] += len(x)
+        real_features.append(pooled(x).cpu())
+        fake_features.append(pooled(fake).cpu())
+        samples.append(fake.cpu())
+    sums = {k: float(dist.all_reduce_sum(v)) for k, v in sums.items()}
+    real = torch.cat(dist.gather_objects(torch.cat(real_features)))  # every process's share, for one MMD
+    fake = torch.cat(dist.gather_objects(torch.cat(fake_features)))
+    n = max(1, int(sums["count"]))
+    return {"val_l1": sums["l1"] / n, "val_ssim": sums["ssim"] / n, "val_mmd": mmd2(fake, real, bandwidth_of(real)),
+            "val_pair_ssim": pairwise_ssim(torch.cat(samples)), "val_wdist": (sums["real"] - sums["fake"]) / n}
