@@ -1,6 +1,9 @@
 """The 3D alpha-WGAN-GP's networks and losses, with each fix of the reference code tested:
 the code critic learns from the encoder's codes, the penalty's norm is per sample, one step of
 each optimizer per iteration, and the critics' normalisation is a setting."""
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -93,7 +96,9 @@ def test_the_critics_normalisation_is_a_setting(norm):
 @pytest.mark.slow
 def test_each_optimizer_steps_once_per_iteration(project):
     """state.pt after one epoch: every parameter of D, CD, E and G has taken exactly one Adam step per
-    iteration (the reference stepped G twice), and run.json names the four networks."""
+    iteration (the reference stepped G twice), and run.json names the four networks; inference.py
+    writes 64 NIfTI samples in the data's geometry, the pictures and the measures."""
+    nib = pytest.importorskip("nibabel")
     run_id = project.train("task=alpha_wgan_gp", "volume_size=8", "batch_size=43", "epochs=1")
     info = project.info(run_id)
     assert info["model"] == "alpha_encoder+alpha_generator+alpha_critic+code_critic" and info["steps_done"] == 22
@@ -103,6 +108,15 @@ def test_each_optimizer_steps_once_per_iteration(project):
         assert steps == {22}, (name, steps)
     r = project.run("train.py", "task=alpha_wgan_gp", "dataset=digits")
     assert r.returncode == 2 and "dataset" in r.stderr
+    r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu")
+    assert r.returncode == 0 and "recon L1" in r.stdout, r.stderr
+    out = project.experiments / run_id / "inference"
+    figures = json.loads((out / "alpha_metrics.json").read_text())
+    assert {"recon_l1", "mean_volume_l1", "recon_ssim", "mmd2", "pair_ssim_samples", "pair_ssim_real"} <= set(figures)
+    samples = sorted((out / "samples").glob("*.nii.gz"))
+    assert len(samples) == 64 and all((out / f).read_bytes()[:4] == b"\x89PNG" for f in ("samples.png", "reconstructions.png"))
+    sample = nib.load(str(samples[0]))
+    assert sample.shape == (8, 8, 8) and np.allclose(sample.affine, info["data"]["geometry"]["affine"])
 
 
 def test_ssim_in_3d_is_pytorch_msssims():

@@ -105,7 +105,8 @@ def test_nan_fails_the_run(task_run):
 
 def inference_files(project, run_id: str) -> dict:
     folder = project.experiments / run_id / "inference"
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()} if folder.exists() else {}
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def test_inference_is_deterministic(task_run):

@@ -10,7 +10,7 @@ Each phase takes the iteration's batch and steps its own optimizer: "critic" (D)
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from tasks.alpha_wgan_gp.config import AlphaWganGpConfig
 from tasks.base import Task
@@ -87,3 +87,9 @@ class AlphaWganGp(Task):
         from tasks.alpha_wgan_gp.training import validate
 
         return validate(cfg, model, loader, device)
+
+    # ------------------------------------------------------------ inference
+    def evaluate_run(self, cfg: AlphaWganGpConfig, run: dict, input_path: Optional[str]) -> None:
+        from tasks.alpha_wgan_gp.report import evaluate_run
+
+        evaluate_run(self, cfg, run, input_path)
