@@ -97,7 +97,8 @@ def test_the_critics_normalisation_is_a_setting(norm):
 def test_each_optimizer_steps_once_per_iteration(project):
     """state.pt after one epoch: every parameter of D, CD, E and G has taken exactly one Adam step per
     iteration (the reference stepped G twice), and run.json names the four networks; inference.py
-    writes 64 NIfTI samples in the data's geometry, the pictures and the measures."""
+    writes 64 NIfTI samples in the data's geometry, the pictures and the measures; --compare of two
+    runs gives each measure with its interval."""
     nib = pytest.importorskip("nibabel")
     run_id = project.train("task=alpha_wgan_gp", "volume_size=8", "batch_size=43", "epochs=1")
     info = project.info(run_id)
@@ -117,6 +118,10 @@ def test_each_optimizer_steps_once_per_iteration(project):
     assert len(samples) == 64 and all((out / f).read_bytes()[:4] == b"\x89PNG" for f in ("samples.png", "reconstructions.png"))
     sample = nib.load(str(samples[0]))
     assert sample.shape == (8, 8, 8) and np.allclose(sample.affine, info["data"]["geometry"]["affine"])
+    other = project.train("task=alpha_wgan_gp", "volume_size=8", "batch_size=43", "epochs=1", "lr=1e-4")
+    r = project.run("inference.py", "--compare", run_id, other, "inference_device=cpu")
+    assert r.returncode == 0 and "recon_l1, B - A paired by volume" in r.stdout and "| MMD^2" in r.stdout, r.stderr
+    assert (project.experiments / other / "inference" / f"compare_{run_id}_vs_{other}.json").exists()
 
 
 def test_ssim_in_3d_is_pytorch_msssims():

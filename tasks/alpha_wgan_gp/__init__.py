@@ -93,3 +93,8 @@ class AlphaWganGp(Task):
         from tasks.alpha_wgan_gp.report import evaluate_run
 
         evaluate_run(self, cfg, run, input_path)
+
+    def compare(self, cfg: AlphaWganGpConfig, run_a: dict, run_b: dict, backends: tuple, input_path: Optional[str]) -> int:
+        from tasks.alpha_wgan_gp.report import compare
+
+        return compare(self, cfg, run_a, run_b, backends, input_path)

@@ -1,12 +1,13 @@
 """What inference.py does with an alpha-WGAN-GP run: seeded samples as NIfTI files in the data's
 geometry, pictures of their mid-slices and of reconstructions beside their inputs, and the measures
 (measure.py) with the references that say what they mean."""
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from infer.runs import LoadedRun, checked_data, inference_dir, load_run
-from tasks.alpha_wgan_gp.measure import bandwidth_of, mmd2, pairwise_ssim, pooled, ssim3d
+from tasks.alpha_wgan_gp.measure import bandwidth_of, mmd2, pooled, ssim3d
 from tasks.base import Task
 from train.device import resolve_device
 from train.phases import stream
@@ -28,25 +29,62 @@ def through(net: torch.nn.Module, x: torch.Tensor, device: torch.device, batch: 
     return torch.cat([net(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
 
 
-def measure(loaded: LoadedRun, device: torch.device) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(figures, samples, held-out volumes, their reconstructions). The figures: reconstruction L1 and
-    SSIM, with the L1 of predicting the mean training volume beside it; MMD^2 between samples and
-    held-out volumes; pairwise SSIM of samples beside that of real pairs."""
+@dataclass
+class Measured:
+    """An alpha-WGAN-GP run measured (measure.py): the figures, and the per-item values behind them."""
+    figures: dict
+    samples: torch.Tensor         # (M, 1, S, S, S) generated from the fixed codes, in [-1, 1]
+    real: torch.Tensor            # (N, 1, S, S, S) held-out volumes
+    recon: torch.Tensor           # (N, 1, S, S, S) their reconstructions through E then G
+    l1: torch.Tensor              # (N,) each held-out volume's reconstruction L1
+    ssim: torch.Tensor            # (N,) and SSIM
+    pairs: torch.Tensor           # (P,) SSIM of seeded pairs of samples
+    features: tuple               # pooled features (samples, held-out) and the kernel's bandwidth, for MMD^2
+
+
+def measure(loaded: LoadedRun, device: torch.device) -> Measured:
+    """Reconstruction L1 and SSIM, with the L1 of predicting the mean training volume beside them;
+    MMD^2 between samples and held-out volumes; pairwise SSIM of samples beside that of real pairs."""
     data = checked_data(loaded)
     real, train = volumes_of(data.val), volumes_of(data.train)
     nets = loaded.model
     codes = torch.randn(max(SAMPLES, len(real)), loaded.cfg.code_dim, generator=stream(0, 0, "samples"))
     samples = through(nets.generator, codes, device)
     recon = through(lambda x: nets.generator(nets.encoder(x)), real, device)
-    features = pooled(real)
+    l1, ssim = (recon - real).abs().flatten(1).mean(1), ssim3d(recon, real)
+    pairs = pair_values(samples)
+    fake_f, real_f = pooled(samples[:len(real)]), pooled(real)
+    bandwidth = bandwidth_of(real_f)
     figures = {"run": loaded.run["id"], "weights": loaded.weights, "held_out": len(real), "samples": len(samples),
-               "recon_l1": float((recon - real).abs().mean()),
-               "mean_volume_l1": float((train.mean(0, keepdim=True) - real).abs().mean()),
-               "recon_ssim": float(ssim3d(recon, real).mean()),
-               "mmd2": mmd2(pooled(samples[:len(real)]), features, bandwidth_of(features)),
+               "recon_l1": float(l1.mean()), "mean_volume_l1": float((train.mean(0, keepdim=True) - real).abs().mean()),
+               "recon_ssim": float(ssim.mean()), "mmd2": mmd2(fake_f, real_f, bandwidth),
                "mmd_kernel": "Gaussian on volumes average-pooled to 8^3, bandwidth the held-out volumes' median distance",
-               "pair_ssim_samples": pairwise_ssim(samples), "pair_ssim_real": pairwise_ssim(real)}
-    return figures, samples, real, recon
+               "pair_ssim_samples": float(pairs.mean()), "pair_ssim_real": float(pair_values(real).mean())}
+    return Measured(figures, samples, real, recon, l1, ssim, pairs, (fake_f, real_f, bandwidth))
+
+
+def pair_values(volumes: torch.Tensor, pairs: int = 64, seed: int = 0) -> torch.Tensor:
+    """SSIM of `pairs` seeded pairs of distinct volumes (pairwise_ssim's pairs): (pairs,)."""
+    gen = torch.Generator().manual_seed(seed)
+    i = torch.randint(len(volumes), (pairs,), generator=gen)
+    j = (i + torch.randint(1, len(volumes), (pairs,), generator=gen)) % len(volumes)
+    return ssim3d(volumes[i], volumes[j])
+
+
+def interval(values: torch.Tensor, rounds: int = 1000, seed: int = 0) -> list:
+    """A seeded bootstrap 95% interval of the mean of `values`."""
+    gen = torch.Generator().manual_seed(seed)
+    means = values.double()[torch.randint(len(values), (rounds, len(values)), generator=gen)].mean(1)
+    return [float(means.quantile(0.025)), float(means.quantile(0.975))]
+
+
+def mmd_interval(features: tuple, rounds: int = 200, seed: int = 0) -> list:
+    """A seeded bootstrap 95% interval of MMD^2, resampling the samples and the held-out volumes."""
+    fake, real, bandwidth = features
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.tensor([mmd2(fake[torch.randint(len(fake), (len(fake),), generator=gen)],
+                                real[torch.randint(len(real), (len(real),), generator=gen)], bandwidth) for _ in range(rounds)])
+    return [float(values.quantile(0.025)), float(values.quantile(0.975))]
 
 
 def evaluate_run(task: Task, cfg: Config, run: dict, input_path: Optional[str]) -> None:
@@ -60,7 +98,8 @@ def evaluate_run(task: Task, cfg: Config, run: dict, input_path: Optional[str]) 
                          f"resume={run['id']} writes samples, reconstructions and its measures")
     device = resolve_device(cfg.inference_device, "inference_device")
     loaded = load_run(run, device, task, cfg.weights)
-    figures, samples, real, recon = measure(loaded, device)
+    m = measure(loaded, device)
+    figures, samples, real, recon = m.figures, m.samples, m.real, m.recon
     out = inference_dir(loaded)
     unit = lambda v: (v.clamp(-1, 1) + 1) / 2  # noqa: E731 - [-1, 1] -> [0, 1], as pictures and files show it
     write_volumes(unit(samples[:SAMPLES]), run, out / "samples")
@@ -73,3 +112,75 @@ def evaluate_run(task: Task, cfg: Config, run: dict, input_path: Optional[str]) 
           f"(mean training volume: {f['mean_volume_l1']:.4f}), recon SSIM {f['recon_ssim']:.4f}, MMD^2 {f['mmd2']:.4f}, "
           f"pairwise SSIM of samples {f['pair_ssim_samples']:.4f} (of real volumes: {f['pair_ssim_real']:.4f})")
     print(f"wrote {out}/samples/ ({SAMPLES} .nii.gz), samples.png, reconstructions.png and alpha_metrics.json")
+
+
+def compare(task: Task, cfg: Config, run_a: dict, run_b: dict, backends: tuple, input_path: Optional[str]) -> int:
+    """Two runs measured on the same held-out volumes (B's validation split) and the same codes: each
+    measure with a seeded bootstrap 95% interval, the reconstruction differences paired by volume,
+    both sample grids side by side, the config diff."""
+    from infer.report import config_diff, model_source_changed, write_report
+
+    if input_path or set(backends) != {"torch"}:
+        raise UsageError("--compare: alpha_wgan_gp runs are compared on their held-out volumes and fixed codes, by torch; "
+                         "drop --input and @onnx")
+    device = resolve_device(cfg.inference_device, "inference_device")
+    a, b = (load_run(run, device, task, cfg.weights) for run in (run_a, run_b))
+    if (a.cfg.dataset, a.cfg.data_dir, a.cfg.volume_size, a.cfg.split_seed) != (b.cfg.dataset, b.cfg.data_dir, b.cfg.volume_size,
+                                                                                 b.cfg.split_seed):
+        raise UsageError(f"--compare: runs {run_a['id']} and {run_b['id']} hold out other volumes (dataset, data_dir, "
+                         "volume_size or split_seed differ); compare runs of the same data")
+    ms = {"A": measure(a, device), "B": measure(b, device)}
+    for m in ms.values():
+        m.figures["ci95"] = {"recon_l1": interval(m.l1), "recon_ssim": interval(m.ssim), "mmd2": mmd_interval(m.features),
+                             "pair_ssim_samples": interval(m.pairs)}
+    paired = {"recon_l1": ms["B"].l1 - ms["A"].l1, "recon_ssim": ms["B"].ssim - ms["A"].ssim}
+    report = {"a": run_a["id"], "b": run_b["id"], "task": task.name, "A": ms["A"].figures, "B": ms["B"].figures,
+              "b_minus_a": {k: {"mean": float(v.mean()), "ci95": interval(v)} for k, v in paired.items()},
+              "config_diff": config_diff(a.cfg, b.cfg), "model_source_changed": model_source_changed(run_a, run_b)}
+    write_report(inference_dir(b) / f"compare_{run_a['id']}_vs_{run_b['id']}", markdown(report), report,
+                 lambda path: plot_pair(ms, path))
+    return 0
+
+
+ROWS = (("recon_l1", "reconstruction L1 of held-out volumes", "lower"), ("recon_ssim", "their SSIM", "higher"),
+        ("mmd2", "MMD^2, samples vs held-out", "lower"), ("pair_ssim_samples", "pairwise SSIM of samples", "near real"))
+
+
+def markdown(r: dict) -> str:
+    from infer.report import config_lines, model_source_line
+
+    a, b = r["A"], r["B"]
+    span = lambda f, k: f"[{f['ci95'][k][0]:.4f}, {f['ci95'][k][1]:.4f}]"  # noqa: E731
+    lines = [f"# A/B: {r['a']} (A) vs {r['b']} (B), alpha_wgan_gp", "",
+             f"{b['held_out']} held-out volumes (the validation split of {r['b']}) and {b['samples']} samples from the same "
+             "codes; 95% intervals by a seeded bootstrap.", "",
+             "| measure | better | A | B |", "| --- | --- | --- | --- |"]
+    lines += [f"| {label} | {better} | {a[k]:.4f} {span(a, k)} | {b[k]:.4f} {span(b, k)} |" for k, label, better in ROWS]
+    lines += [f"| pairwise SSIM of real volumes | - | {a['pair_ssim_real']:.4f} | {b['pair_ssim_real']:.4f} |",
+              f"| L1 of the mean training volume | - | {a['mean_volume_l1']:.4f} | {b['mean_volume_l1']:.4f} |", ""]
+    for k, d in r["b_minus_a"].items():
+        lines.append(f"- {k}, B - A paired by volume: {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]: "
+                     f"{verdict(k, d['ci95'])}.")
+    lines += ["", *config_lines(r["config_diff"]), "", model_source_line(r["model_source_changed"])]
+    return "\n".join(lines) + "\n"
+
+
+def verdict(key: str, ci: list) -> str:
+    """What a paired interval of B - A says: lower L1 and higher SSIM are better."""
+    if ci[0] <= 0 <= ci[1]:
+        return "no difference shown (the interval holds 0)"
+    return "B is better" if (ci[1] < 0) == (key == "recon_l1") else "A is better"
+
+
+def plot_pair(ms: dict, path) -> None:
+    """Both runs' samples from the same codes, as mid-slices, side by side."""
+    from tasks.wgan_gp.measure import picture_grid
+    from utils.plots import new_figure, save_figure
+
+    fig = new_figure(12, 6, layout="tight")
+    for ax, key in zip(fig.subplots(1, 2), ("A", "B")):
+        ax.imshow(picture_grid((ms[key].samples[:8].clamp(-1, 1) + 1) / 2)[..., 0], cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_title(f"{key}: {ms[key].figures['run']}  MMD^2 {ms[key].figures['mmd2']:.3f}")
+        ax.axis("off")
+    save_figure(fig, path)
