@@ -12,6 +12,8 @@ class AlphaWganGpConfig(Config):
                        choices=("mni152", "volume_folder"))
     volume_size: Optional[list[int]] = key([32, 32, 32], "volumes are resampled to this cube: a power of two from 8 to 256",
                                            triple=True)
+    epochs: int = key(40, "total epochs of the run, counted across its resumed parents (40: about 15 minutes on 2 CPU cores "
+                      "at the defaults)", at_least=1)
     batch_size: int = key(8, "global batch per iteration (each of the three phases takes the same batch)", at_least=1)
     lr: float = key(2e-4, "peak learning rate of the four Adams (betas 0.5, 0.9)", above=0)
     warmup_epochs: float = key(0.0, "linear learning-rate warmup, then the schedule", at_least=0)
