@@ -76,6 +76,18 @@ def test_intensity_rules():
     assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 1e-4
 
 
+def test_volume_flip_only_flips():
+    """augment: volume_flip (the generative tasks' choice): each volume as it was, or mirrored on axis 0; both occur."""
+    import torch
+
+    from utils.augment import Augment, geometric
+
+    x = torch.rand(16, 1, 6, 5, 4)
+    out = geometric(x, Augment(0, "volume_flip", flip_axes=(0,)), np.ones(16, dtype=np.int64), np.arange(16))
+    kept = [bool(torch.equal(o, v)) for o, v in zip(out, x)]
+    assert all(k or torch.equal(o, v.flip(1)) for k, o, v in zip(kept, out, x)) and 0 < sum(kept) < 16
+
+
 def test_volume_augmentation_is_a_function_of_seed_epoch_index():
     import torch
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("none", "translate", "crop_flip", "trivialaugment", "volume")
+POLICIES = ("none", "translate", "crop_flip", "trivialaugment", "volume", "volume_flip")
+VOLUME_POLICIES = ("volume", "volume_flip")  # volume_flip: the flips alone (generative tasks: no shift or intensity change)
 # augment: auto. No flips for digits: a flipped digit is another digit (or none).
 AUTO_POLICY = {"digits": "translate", "mnist": "translate", "fake": "translate", "image_folder": "translate",
                "fashion_mnist": "crop_flip", "cifar10": "crop_flip", "cifar100": "crop_flip", "volume_folder": "volume",
@@ -82,12 +83,12 @@ class Augment:
 
 
 def check_policy(policy: str, volumetric: bool) -> None:
-    """`volume` is for volumes, the others for images: exit 2 otherwise."""
+    """`volume` and `volume_flip` are for volumes, the others for images: exit 2 otherwise."""
     from utils.errors import UsageError
 
-    if policy not in ("none", "volume" if volumetric else policy) or (policy == "volume" and not volumetric):
+    if policy != "none" and (policy in VOLUME_POLICIES) != volumetric:
         raise UsageError(f"augment: '{policy}' is for {'images' if volumetric else 'volumes'}; use "
-                         f"{'volume' if volumetric else 'translate, crop_flip or trivialaugment'} (or auto, or none)")
+                         f"{'volume or volume_flip' if volumetric else 'translate, crop_flip or trivialaugment'} (or auto, or none)")
 
 
 def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, fill: Optional[torch.Tensor] = None,
@@ -110,7 +111,7 @@ def geometric(x: torch.Tensor, aug: Augment, epochs: np.ndarray, index: np.ndarr
     """The policy's per-sample transform of x (N, C, H, W), uint8 or float in [0, 1] (volumes:
     (N, C, X, Y, Z) float)."""
     if x.ndim == 5:
-        return volume_policy(x, aug, epochs, index) if aug.policy == "volume" else x
+        return volume_policy(x, aug, epochs, index) if aug.policy in VOLUME_POLICIES else x
     if aug.policy in ("translate", "crop_flip"):
         pad = max(1, x.shape[-1] // 8)
         dy = torch.from_numpy(sample_randint(aug.seed, epochs, index, _DY, 2 * pad + 1) - pad)
@@ -125,13 +126,16 @@ def geometric(x: torch.Tensor, aug: Augment, epochs: np.ndarray, index: np.ndarr
 
 
 def volume_policy(x: torch.Tensor, aug: Augment, epochs: np.ndarray, index: np.ndarray) -> torch.Tensor:
-    """Shift, flip and intensity of each volume of x (N, C, X, Y, Z), float."""
+    """Shift, flip and intensity of each volume of x (N, C, X, Y, Z), float; volume_flip: the flips alone."""
     n, sizes = len(x), x.shape[2:]
-    pads = [max(1, s // 8) for s in sizes]
+    flips_only = aug.policy == "volume_flip"
+    pads = [0 if flips_only else max(1, s // 8) for s in sizes]
     shifts = [torch.from_numpy(sample_randint(aug.seed, epochs, index, _SHIFT_3D[a], 2 * pads[a] + 1) - pads[a]) for a in range(3)]
     flips = [torch.from_numpy(sample_randint(aug.seed, epochs, index, _FLIP_3D[a], 2) == 1) if a in aug.flip_axes
              else torch.zeros(n, dtype=torch.bool) for a in range(3)]
     x = translate_3d(x, shifts, pads, flips)
+    if flips_only:
+        return x
     scale = torch.from_numpy(0.9 + 0.2 * sample_uniform(aug.seed, epochs, index, _SCALE)).float().view(n, 1, 1, 1, 1)
     offset = torch.from_numpy(-0.1 + 0.2 * sample_uniform(aug.seed, epochs, index, _OFFSET)).float().view(n, 1, 1, 1, 1)
     return x * scale + offset

@@ -79,9 +79,11 @@ class Config:
     cache_mb: int = key(4096, "image_folder, volume_folder: decode once and keep in memory when the data fit in this many "
                         "MiB (volumes above it: decoded once to a temporary file and streamed; 0: off)", at_least=0)
     num_workers: int = key(0, "data loading processes (0: in the main process, best for data held in memory)", at_least=0)
-    augment: str = key("auto", "auto | none | translate | crop_flip | trivialaugment | volume (auto: the task's choice for "
-                       "the data)", choices=("auto", "none", "translate", "crop_flip", "trivialaugment", "volume"))
-    flip_axes: list[int] = key([0], "augment: volume: the axes flipped at random (0: left-right in RAS, 1: front-back, 2: up-down)",
+    augment: str = key("auto", "auto | none | translate | crop_flip | trivialaugment | volume | volume_flip (auto: the task's "
+                       "choice for the data)", choices=("auto", "none", "translate", "crop_flip", "trivialaugment", "volume",
+                                                        "volume_flip"))
+    flip_axes: list[int] = key([0], "augment: volume, volume_flip: the axes flipped at random (0: left-right in RAS, 1: front-back, "
+                               "2: up-down)",
                                at_least=0, at_most=2)
     random_erasing: float = key(0.0, "probability of erasing a random box of a training image", at_least=0, at_most=1)
     warmup_epochs: float = key(1.0, "linear learning-rate warmup, then the schedule", at_least=0)

@@ -32,8 +32,9 @@ class AlphaWganGp(Task):
 
     # ------------------------------------------------------------ building
     def resolve(self, cfg: AlphaWganGpConfig) -> dict:
-        """No augmentation; fp32 unless asked (the penalties differentiate twice)."""
-        return {"augment": "none" if cfg.augment == "auto" else cfg.augment} | ({"amp": "none"} if cfg.amp == "auto" else {})
+        """Left-right flips alone (volume_flip: the training patches of mni152 are the left hemisphere's, the
+        held-out ones the right's); fp32 unless asked (the penalties differentiate twice)."""
+        return {"augment": "volume_flip" if cfg.augment == "auto" else cfg.augment} | ({"amp": "none"} if cfg.amp == "auto" else {})
 
     def prepare_data(self, cfg: AlphaWganGpConfig, data: Data) -> Data:
         """The volumes normalised to [-1, 1], the generator's tanh range."""
