@@ -17,11 +17,14 @@ configs = {name: task.config for name, task in task_dict.items()}  # each task's
 
 
 def task_of(*runs: dict) -> Task:
-    """The task of the runs (run.json's "task"); runs of different tasks cannot be compared."""
+    """The task of the runs (run.json's "task"). Runs of different tasks are compared only by a task
+    that names the other in its `compares_with` (alpha_wgan_gp takes a 3D wgan_gp run: the paper's ablation)."""
     names = [run["task"] for run in runs]
-    if len(set(names)) > 1:
+    for run, name in zip(runs, names):
+        if name not in task_dict:
+            raise UsageError(f"run {run['id']} is a {name} run, a task this version does not have")
+    hosts = [name for name in names if set(names) - {name} <= set(task_dict[name].compares_with)]
+    if not hosts:
         raise UsageError(f"--compare: run {runs[0]['id']} is a {names[0]} run and {runs[1]['id']} a {names[1]} run; "
                          "compare runs of the same task")
-    if names[0] not in task_dict:
-        raise UsageError(f"run {runs[0]['id']} is a {names[0]} run, a task this version does not have")
-    return task_dict[names[0]]()
+    return task_dict[hosts[0]]()

@@ -36,6 +36,7 @@ class Task:
     name: str = ""                      # its key in task_dict
     config: type = Config               # its config class: Config plus its own keys (and its recipe's defaults)
     modes: dict[str, str] = {}          # its validation metrics `monitor` may name -> "max" or "min" (which is better)
+    compares_with: tuple[str, ...] = ()  # other tasks whose runs its --compare takes beside its own
 
     # ------------------------------------------------------------ building (train.py calls these)
     def default_monitor(self, cfg: Config) -> str:

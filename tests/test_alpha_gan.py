@@ -113,7 +113,7 @@ def test_each_optimizer_steps_once_per_iteration(project):
     assert r.returncode == 0 and "recon L1" in r.stdout, r.stderr
     out = project.experiments / run_id / "inference"
     figures = json.loads((out / "alpha_metrics.json").read_text())
-    assert {"recon_l1", "mean_volume_l1", "recon_ssim", "mmd2", "pair_ssim_samples", "pair_ssim_real"} <= set(figures)
+    assert {"recon_l1", "mean_volume_l1", "recon_ssim", "mmd2", "pair_msssim_samples", "pair_msssim_real"} <= set(figures)
     samples = sorted((out / "samples").glob("*.nii.gz"))
     assert len(samples) == 64 and all((out / f).read_bytes()[:4] == b"\x89PNG" for f in ("samples.png", "reconstructions.png"))
     sample = nib.load(str(samples[0]))
@@ -122,6 +122,16 @@ def test_each_optimizer_steps_once_per_iteration(project):
     r = project.run("inference.py", "--compare", run_id, other, "inference_device=cpu")
     assert r.returncode == 0 and "recon_l1, B - A paired by volume" in r.stdout and "| MMD^2" in r.stdout, r.stderr
     assert (project.experiments / other / "inference" / f"compare_{run_id}_vs_{other}.json").exists()
+    # the paper's ablation: a 3D wgan_gp run on the same volumes, measured on what it generates
+    gan = project.train("task=wgan_gp", "dataset=mni152", "volume_size=8", "batch_size=43", "epochs=1")
+    r = project.run("inference.py", "--compare", gan, run_id, "inference_device=cpu")
+    assert r.returncode == 0 and f"{gan} (A, wgan_gp) vs {run_id} (B, alpha_wgan_gp)" in r.stdout, r.stderr
+    report = json.loads((project.experiments / run_id / "inference" / f"compare_{gan}_vs_{run_id}.json").read_text())
+    assert report["A"]["recon_l1"] is None and report["B"]["recon_l1"] > 0 and report["b_minus_a"] == {}
+    assert report["A"]["mmd2"] != report["B"]["mmd2"] and set(report["A"]["ci95"]) == {"mmd2", "pair_msssim_samples"}
+    wider = project.train("task=wgan_gp", "dataset=mni152", "volume_size=16", "batch_size=43", "epochs=1")
+    r = project.run("inference.py", "--compare", wider, run_id, "inference_device=cpu")
+    assert r.returncode == 2 and "hold out other volumes" in r.stderr
 
 
 def test_ssim_in_3d_is_pytorch_msssims():
@@ -134,11 +144,25 @@ def test_ssim_in_3d_is_pytorch_msssims():
     assert torch.allclose(ssim3d(a, a), torch.ones(3))
 
 
-def test_the_mmd_is_unbiased_and_pairwise_ssim_sees_collapse():
+def test_ms_ssim_in_3d_is_pytorch_msssims():
+    """Three scales at a side pytorch-msssim accepts (more than 16 window widths: window 3, side 40),
+    with the weights renormalised as ms_ssim3d does; then the scales it picks for 32^3 and 64^3."""
+    pytorch_msssim = pytest.importorskip("pytorch_msssim")
+    from tasks.alpha_wgan_gp.measure import MS_WEIGHTS, ms_ssim3d, scales_of
+
+    a = torch.rand(2, 1, 40, 40, 40, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    b = (a + 0.5 * torch.randn(a.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    weights = [w / sum(MS_WEIGHTS[:3]) for w in MS_WEIGHTS[:3]]
+    theirs = pytorch_msssim.ms_ssim(a.double(), b.double(), data_range=2, win_size=3, weights=weights, size_average=False)
+    assert torch.allclose(ms_ssim3d(a, b, size=3, levels=3), theirs.float(), atol=1e-5)
+    assert torch.allclose(ms_ssim3d(a, a), torch.ones(2)) and (scales_of(32), scales_of(64), scales_of(8)) == (3, 4, 1)
+
+
+def test_the_mmd_is_unbiased_and_pairwise_msssim_sees_collapse():
     """MMD^2 of two samples of one distribution averages ~0 (the unbiased estimator goes below 0 as
     often as above); of a shifted one it is clearly positive. A collapsed generator (one volume
     repeated) has pairwise SSIM 1; independent noise volumes near 0."""
-    from tasks.alpha_wgan_gp.measure import bandwidth_of, mmd2, pairwise_ssim
+    from tasks.alpha_wgan_gp.measure import bandwidth_of, mmd2, pairwise_msssim
 
     gen = torch.Generator().manual_seed(0)
     real = torch.randn(200, 16, generator=gen, dtype=torch.float64)
@@ -147,5 +171,18 @@ def test_the_mmd_is_unbiased_and_pairwise_ssim_sees_collapse():
     shifted = mmd2(torch.randn(60, 16, generator=gen, dtype=torch.float64) + 0.5, real, bandwidth)
     assert abs(sum(same) / len(same)) < 0.005 and min(same) < 0 and shifted > 10 * max(abs(v) for v in same)
     one = torch.rand(1, 1, 12, 12, 12, generator=gen).repeat(6, 1, 1, 1, 1)
-    assert pairwise_ssim(one) == pytest.approx(1.0)
-    assert pairwise_ssim(torch.rand(6, 1, 12, 12, 12, generator=gen) * 2 - 1) < 0.1
+    assert float(pairwise_msssim(one).mean()) == pytest.approx(1.0)
+    assert float(pairwise_msssim(torch.rand(6, 1, 12, 12, 12, generator=gen) * 2 - 1).mean()) < 0.1
+
+
+def test_runs_of_two_tasks_compare_only_where_a_task_names_the_other():
+    """alpha_wgan_gp takes a wgan_gp run (the paper's ablation), in either order; other pairs are refused."""
+    from tasks import task_of
+    from utils.errors import UsageError
+
+    alpha, gan, clf = ({"id": name, "task": name} for name in ("alpha_wgan_gp", "wgan_gp", "classify"))
+    assert task_of(gan, alpha).name == task_of(alpha, gan).name == "alpha_wgan_gp" and task_of(gan, gan).name == "wgan_gp"
+    with pytest.raises(UsageError, match="compare runs of the same task"):
+        task_of(clf, alpha)
+    with pytest.raises(UsageError, match="a task this version does not have"):
+        task_of(alpha, {"id": "x", "task": "nope"})

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 class AlphaWganGp(Task):
     name = "alpha_wgan_gp"
     config = AlphaWganGpConfig
-    # val_pair_ssim (diversity) is recorded too, but is no monitor: noise has the lowest
+    # val_pair_msssim (diversity) is recorded too, but is no monitor: noise has the lowest
     modes = {"val_l1": "min", "val_mmd": "min", "val_ssim": "max", "val_wdist": "min"}
+    compares_with = ("wgan_gp",)  # a 3D wgan_gp run on the same volumes: the paper's ablation (report.compare)
 
     # ------------------------------------------------------------ building
     def resolve(self, cfg: AlphaWganGpConfig) -> dict:

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from infer.runs import LoadedRun, checked_data, inference_dir, load_run
-from tasks.alpha_wgan_gp.measure import bandwidth_of, mmd2, pooled, ssim3d
+from tasks.alpha_wgan_gp.measure import bandwidth_of, mmd2, pairwise_msssim, pooled, ssim3d
 from tasks.base import Task
 from train.device import resolve_device
 from train.phases import stream
@@ -31,44 +31,43 @@ def through(net: torch.nn.Module, x: torch.Tensor, device: torch.device, batch: 
 
 @dataclass
 class Measured:
-    """An alpha-WGAN-GP run measured (measure.py): the figures, and the per-item values behind them."""
+    """A run measured (measure.py): the figures, and the per-item values behind them. A 3D wgan_gp run
+    (the paper's ablation) has no encoder: its reconstruction fields are None."""
     figures: dict
-    samples: torch.Tensor         # (M, 1, S, S, S) generated from the fixed codes, in [-1, 1]
-    real: torch.Tensor            # (N, 1, S, S, S) held-out volumes
-    recon: torch.Tensor           # (N, 1, S, S, S) their reconstructions through E then G
-    l1: torch.Tensor              # (N,) each held-out volume's reconstruction L1
-    ssim: torch.Tensor            # (N,) and SSIM
-    pairs: torch.Tensor           # (P,) SSIM of seeded pairs of samples
-    features: tuple               # pooled features (samples, held-out) and the kernel's bandwidth, for MMD^2
+    samples: torch.Tensor           # (M, 1, S, S, S) generated from the fixed codes, in [-1, 1]
+    real: torch.Tensor              # (N, 1, S, S, S) held-out volumes
+    recon: Optional[torch.Tensor]   # (N, 1, S, S, S) their reconstructions through E then G
+    l1: Optional[torch.Tensor]      # (N,) each held-out volume's reconstruction L1
+    ssim: Optional[torch.Tensor]    # (N,) and SSIM
+    pairs: torch.Tensor             # (P,) MS-SSIM of seeded pairs of samples
+    features: tuple                 # pooled features (samples, held-out) and the kernel's bandwidth, for MMD^2
 
 
 def measure(loaded: LoadedRun, device: torch.device) -> Measured:
     """Reconstruction L1 and SSIM, with the L1 of predicting the mean training volume beside them;
-    MMD^2 between samples and held-out volumes; pairwise SSIM of samples beside that of real pairs."""
+    MMD^2 between samples and held-out volumes; pairwise MS-SSIM of samples beside that of real pairs."""
+    from utils.listing import duration_seconds
+
     data = checked_data(loaded)
     real, train = volumes_of(data.val), volumes_of(data.train)
-    nets = loaded.model
-    codes = torch.randn(max(SAMPLES, len(real)), loaded.cfg.code_dim, generator=stream(0, 0, "samples"))
+    nets, run = loaded.model, loaded.run
+    encodes = hasattr(nets, "encoder")  # a wgan_gp run has a generator and a critic only
+    size = loaded.cfg.code_dim if encodes else loaded.cfg.latent_dim
+    codes = torch.randn(max(SAMPLES, len(real)), size, generator=stream(0, 0, "samples"))
     samples = through(nets.generator, codes, device)
-    recon = through(lambda x: nets.generator(nets.encoder(x)), real, device)
-    l1, ssim = (recon - real).abs().flatten(1).mean(1), ssim3d(recon, real)
-    pairs = pair_values(samples)
+    recon = through(lambda x: nets.generator(nets.encoder(x)), real, device) if encodes else None
+    l1, ssim = ((recon - real).abs().flatten(1).mean(1), ssim3d(recon, real)) if encodes else (None, None)
+    pairs = pairwise_msssim(samples)
     fake_f, real_f = pooled(samples[:len(real)]), pooled(real)
     bandwidth = bandwidth_of(real_f)
-    figures = {"run": loaded.run["id"], "weights": loaded.weights, "held_out": len(real), "samples": len(samples),
-               "recon_l1": float(l1.mean()), "mean_volume_l1": float((train.mean(0, keepdim=True) - real).abs().mean()),
-               "recon_ssim": float(ssim.mean()), "mmd2": mmd2(fake_f, real_f, bandwidth),
+    mean = lambda v: None if v is None else float(v.mean())  # noqa: E731
+    figures = {"run": run["id"], "task": run["task"], "weights": loaded.weights, "iterations": run.get("steps_done"),
+               "train_seconds": duration_seconds(run), "held_out": len(real), "samples": len(samples),
+               "recon_l1": mean(l1), "mean_volume_l1": float((train.mean(0, keepdim=True) - real).abs().mean()),
+               "recon_ssim": mean(ssim), "mmd2": mmd2(fake_f, real_f, bandwidth),
                "mmd_kernel": "Gaussian on volumes average-pooled to 8^3, bandwidth the held-out volumes' median distance",
-               "pair_ssim_samples": float(pairs.mean()), "pair_ssim_real": float(pair_values(real).mean())}
+               "pair_msssim_samples": float(pairs.mean()), "pair_msssim_real": float(pairwise_msssim(real).mean())}
     return Measured(figures, samples, real, recon, l1, ssim, pairs, (fake_f, real_f, bandwidth))
-
-
-def pair_values(volumes: torch.Tensor, pairs: int = 64, seed: int = 0) -> torch.Tensor:
-    """SSIM of `pairs` seeded pairs of distinct volumes (pairwise_ssim's pairs): (pairs,)."""
-    gen = torch.Generator().manual_seed(seed)
-    i = torch.randint(len(volumes), (pairs,), generator=gen)
-    j = (i + torch.randint(1, len(volumes), (pairs,), generator=gen)) % len(volumes)
-    return ssim3d(volumes[i], volumes[j])
 
 
 def interval(values: torch.Tensor, rounds: int = 1000, seed: int = 0) -> list:
@@ -110,30 +109,34 @@ def evaluate_run(task: Task, cfg: Config, run: dict, input_path: Optional[str]) 
     f = figures
     print(f"run {run['id']} ({cfg.weights} weights) on {device}, {f['held_out']} held-out volumes: recon L1 {f['recon_l1']:.4f} "
           f"(mean training volume: {f['mean_volume_l1']:.4f}), recon SSIM {f['recon_ssim']:.4f}, MMD^2 {f['mmd2']:.4f}, "
-          f"pairwise SSIM of samples {f['pair_ssim_samples']:.4f} (of real volumes: {f['pair_ssim_real']:.4f})")
+          f"pairwise MS-SSIM of samples {f['pair_msssim_samples']:.4f} (of real volumes: {f['pair_msssim_real']:.4f})")
     print(f"wrote {out}/samples/ ({SAMPLES} .nii.gz), samples.png, reconstructions.png and alpha_metrics.json")
 
 
 def compare(task: Task, cfg: Config, run_a: dict, run_b: dict, backends: tuple, input_path: Optional[str]) -> int:
     """Two runs measured on the same held-out volumes (B's validation split) and the same codes: each
     measure with a seeded bootstrap 95% interval, the reconstruction differences paired by volume,
-    both sample grids side by side, the config diff."""
+    both sample grids side by side, the config diff. Either run may be a 3D wgan_gp run on the same
+    data (the paper's ablation): it is measured on what it generates, having nothing to reconstruct."""
     from infer.report import config_diff, model_source_changed, write_report
+    from tasks.wgan_gp import WganGp
 
     if input_path or set(backends) != {"torch"}:
         raise UsageError("--compare: alpha_wgan_gp runs are compared on their held-out volumes and fixed codes, by torch; "
                          "drop --input and @onnx")
-    device = resolve_device(cfg.inference_device, "inference_device")
-    a, b = (load_run(run, device, task, cfg.weights) for run in (run_a, run_b))
-    if (a.cfg.dataset, a.cfg.data_dir, a.cfg.volume_size, a.cfg.split_seed) != (b.cfg.dataset, b.cfg.data_dir, b.cfg.volume_size,
-                                                                                 b.cfg.split_seed):
+    if (run_a["val_hash"], run_a["data"]["image_size"]) != (run_b["val_hash"], run_b["data"]["image_size"]):
         raise UsageError(f"--compare: runs {run_a['id']} and {run_b['id']} hold out other volumes (dataset, data_dir, "
                          "volume_size or split_seed differ); compare runs of the same data")
+    device = resolve_device(cfg.inference_device, "inference_device")
+    tasks = {task.name: task, "wgan_gp": WganGp()}  # task_of let in no other
+    a, b = (load_run(run, device, tasks[run["task"]], cfg.weights) for run in (run_a, run_b))
     ms = {"A": measure(a, device), "B": measure(b, device)}
     for m in ms.values():
-        m.figures["ci95"] = {"recon_l1": interval(m.l1), "recon_ssim": interval(m.ssim), "mmd2": mmd_interval(m.features),
-                             "pair_ssim_samples": interval(m.pairs)}
-    paired = {"recon_l1": ms["B"].l1 - ms["A"].l1, "recon_ssim": ms["B"].ssim - ms["A"].ssim}
+        m.figures["ci95"] = {"mmd2": mmd_interval(m.features), "pair_msssim_samples": interval(m.pairs)}
+        if m.l1 is not None:
+            m.figures["ci95"] |= {"recon_l1": interval(m.l1), "recon_ssim": interval(m.ssim)}
+    both = ms["A"].l1 is not None and ms["B"].l1 is not None  # else one is a wgan_gp run: nothing to pair
+    paired = {"recon_l1": ms["B"].l1 - ms["A"].l1, "recon_ssim": ms["B"].ssim - ms["A"].ssim} if both else {}
     report = {"a": run_a["id"], "b": run_b["id"], "task": task.name, "A": ms["A"].figures, "B": ms["B"].figures,
               "b_minus_a": {k: {"mean": float(v.mean()), "ci95": interval(v)} for k, v in paired.items()},
               "config_diff": config_diff(a.cfg, b.cfg), "model_source_changed": model_source_changed(run_a, run_b)}
@@ -143,26 +146,43 @@ def compare(task: Task, cfg: Config, run_a: dict, run_b: dict, backends: tuple, 
 
 
 ROWS = (("recon_l1", "reconstruction L1 of held-out volumes", "lower"), ("recon_ssim", "their SSIM", "higher"),
-        ("mmd2", "MMD^2, samples vs held-out", "lower"), ("pair_ssim_samples", "pairwise SSIM of samples", "near real"))
+        ("mmd2", "MMD^2, samples vs held-out", "lower"), ("pair_msssim_samples", "pairwise MS-SSIM of samples", "near real"))
 
 
 def markdown(r: dict) -> str:
     from infer.report import config_lines, model_source_line
 
     a, b = r["A"], r["B"]
-    span = lambda f, k: f"[{f['ci95'][k][0]:.4f}, {f['ci95'][k][1]:.4f}]"  # noqa: E731
-    lines = [f"# A/B: {r['a']} (A) vs {r['b']} (B), alpha_wgan_gp", "",
+
+    def cell(f: dict, k: str) -> str:  # the figure and its interval; "-" where the run has none (no encoder)
+        if f[k] is None:
+            return "-"
+        return f"{f[k]:.4f} [{f['ci95'][k][0]:.4f}, {f['ci95'][k][1]:.4f}]" if k in f.get("ci95", {}) else f"{f[k]:.4f}"
+
+    lines = [f"# A/B: {r['a']} (A, {a['task']}) vs {r['b']} (B, {b['task']})", "",
              f"{b['held_out']} held-out volumes (the validation split of {r['b']}) and {b['samples']} samples from the same "
              "codes; 95% intervals by a seeded bootstrap.", "",
-             "| measure | better | A | B |", "| --- | --- | --- | --- |"]
-    lines += [f"| {label} | {better} | {a[k]:.4f} {span(a, k)} | {b[k]:.4f} {span(b, k)} |" for k, label, better in ROWS]
-    lines += [f"| pairwise SSIM of real volumes | - | {a['pair_ssim_real']:.4f} | {b['pair_ssim_real']:.4f} |",
-              f"| L1 of the mean training volume | - | {a['mean_volume_l1']:.4f} | {b['mean_volume_l1']:.4f} |", ""]
+             "| measure | better | A | B |", "| --- | --- | --- | --- |",
+             f"| training: iterations, seconds | - | {a['iterations']}, {a['train_seconds']} | {b['iterations']}, {b['train_seconds']} |"]
+    lines += [f"| {label} | {better} | {cell(a, k)} | {cell(b, k)} |" for k, label, better in ROWS]
+    lines += [f"| pairwise MS-SSIM of real volumes | - | {cell(a, 'pair_msssim_real')} | {cell(b, 'pair_msssim_real')} |",
+              f"| L1 of the mean training volume | - | {cell(a, 'mean_volume_l1')} | {cell(b, 'mean_volume_l1')} |", ""]
     for k, d in r["b_minus_a"].items():
         lines.append(f"- {k}, B - A paired by volume: {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]: "
                      f"{verdict(k, d['ci95'])}.")
+    for k in ("mmd2", "pair_msssim_samples"):
+        lines.append(f"- {k}: {overlap(a['ci95'][k], b['ci95'][k])}.")
     lines += ["", *config_lines(r["config_diff"]), "", model_source_line(r["model_source_changed"])]
     return "\n".join(lines) + "\n"
+
+
+def overlap(a: list, b: list) -> str:
+    """What two runs' unpaired intervals say."""
+    if a[1] < b[0]:
+        return "A is lower (the intervals do not overlap)"
+    if b[1] < a[0]:
+        return "B is lower (the intervals do not overlap)"
+    return "no difference shown (the intervals overlap)"
 
 
 def verdict(key: str, ci: list) -> str:

@@ -112,9 +112,9 @@ def validate(cfg: AlphaWganGpConfig, nets: nn.Module, loader, device: torch.devi
     """The epoch's measures (measure.py), on the held-out volumes and as many generated ones (codes of
     (seed, "validation"), the same every epoch): val_l1 and val_ssim of the volumes through E then G
     (mean absolute error in [-1, 1] units; SSIM, data range 2), val_mmd (unbiased kernel MMD^2 between
-    generated and held-out volumes), val_pair_ssim (the mean SSIM of pairs of generated volumes:
-    diversity, near 1 when collapsed) and val_wdist (D's estimate of the Wasserstein distance)."""
-    from tasks.alpha_wgan_gp.measure import bandwidth_of, mmd2, pairwise_ssim, pooled, ssim3d
+    generated and held-out volumes), val_pair_msssim (the mean 3D MS-SSIM of pairs of generated
+    volumes: diversity, near 1 when collapsed) and val_wdist (D's estimate of the Wasserstein distance)."""
+    from tasks.alpha_wgan_gp.measure import bandwidth_of, mmd2, pairwise_msssim, pooled, ssim3d
     from train.trainer import to_device
 
     sums = {k: torch.zeros((), dtype=torch.float64) for k in ("l1", "ssim", "real", "fake", "count")}
@@ -137,4 +137,4 @@ def validate(cfg: AlphaWganGpConfig, nets: nn.Module, loader, device: torch.devi
     fake = torch.cat(dist.gather_objects(torch.cat(fake_features)))
     n = max(1, int(sums["count"]))
     return {"val_l1": sums["l1"] / n, "val_ssim": sums["ssim"] / n, "val_mmd": mmd2(fake, real, bandwidth_of(real)),
-            "val_pair_ssim": pairwise_ssim(torch.cat(samples)), "val_wdist": (sums["real"] - sums["fake"]) / n}
+            "val_pair_msssim": float(pairwise_msssim(torch.cat(samples)).mean()), "val_wdist": (sums["real"] - sums["fake"]) / n}
