@@ -37,7 +37,7 @@ from tasks.base import resolve_auto  # noqa: E402
 from train.checkpoint import TrainState  # noqa: E402
 from train.device import set_determinism  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
-from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, make_loader  # noqa: E402
+from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, info_from_run, make_loader  # noqa: E402
 
 
 # ---------------------------------------------------------------- the hand-written iteration
@@ -125,8 +125,9 @@ def template_run(tmp: Path) -> tuple[str, float, Path]:
     return run_id, seconds, copy
 
 
-def plain_run(seconds: float) -> AlphaGan:
-    """BASELINES.md's plain loop on the template's 32^3 training patches (mni152), for `seconds`."""
+def plain_run(seconds: float) -> tuple[AlphaGan, int]:
+    """BASELINES.md's plain loop on the template's 32^3 training patches (mni152), for `seconds`: the
+    networks and the iterations they took."""
     torch.manual_seed(0)
     cfg = AlphaWganGpConfig()
     data = AlphaWganGp().prepare_data(cfg, build_data(cfg))
@@ -149,7 +150,7 @@ def plain_run(seconds: float) -> AlphaGan:
             plain_iteration(nets, opts, x, code)
             iterations += 1
     print(f"plain loop: {iterations} iterations in {time.perf_counter() - t0:.0f} s", flush=True)
-    return nets.eval()
+    return nets.eval(), iterations
 
 
 def bench_recipe() -> None:
@@ -161,14 +162,17 @@ def bench_recipe() -> None:
         subprocess.run([sys.executable, "inference.py", "inference_device=cpu"], cwd=copy, check=True)
         run = json.loads((copy / "experiments" / run_id / "run.json").read_text())
         ours = json.loads((copy / "experiments" / run_id / "inference" / "alpha_metrics.json").read_text())
-        plain = plain_run(seconds)
-        loaded = LoadedRun(run=run, task=AlphaWganGp(), cfg=AlphaWganGpConfig(code_dim=128), info=None, model=plain,
+        plain, iterations = plain_run(seconds)
+        plain_record = run | {"steps_done": iterations, "start_utc": None}  # its held-out patches are the run's
+        loaded = LoadedRun(run=plain_record, task=AlphaWganGp(), cfg=AlphaWganGpConfig(code_dim=128, width=32),
+                           info=info_from_run(run), model=plain,
                            folder=Path(tmp), weights="plain loop")  # the same held-out patches (run's val_hash) and codes
         theirs = measure(loaded, torch.device("cpu")).figures
     print(f"template: {run['steps_done']} iterations in {seconds:.0f} s")
     for key, better in (("recon_l1", "lower"), ("mmd2", "lower"), ("pair_msssim_samples", "lower, near real")):
         record(f"alpha recipe, {key} ({better}), template / plain loop, {seconds:.0f} s each", ours[key], theirs[key],
                ours[key] / theirs[key], "beat the plain loop", "")
+        print(f"  95% intervals: template {ours['ci95'][key]}, plain loop {theirs['ci95'][key]}")
     print(json.dumps({"template": ours, "plain": theirs}, indent=1))
 
 

@@ -113,7 +113,10 @@ def test_each_optimizer_steps_once_per_iteration(project):
     assert r.returncode == 0 and "recon L1" in r.stdout, r.stderr
     out = project.experiments / run_id / "inference"
     figures = json.loads((out / "alpha_metrics.json").read_text())
-    assert {"recon_l1", "mean_volume_l1", "recon_ssim", "mmd2", "pair_msssim_samples", "pair_msssim_real"} <= set(figures)
+    assert {"recon_l1", "mean_volume_l1", "recon_ssim", "mmd2", "mmd2_untrained", "pair_msssim_samples",
+            "pair_msssim_real"} <= set(figures)
+    assert set(figures["ci95"]) == {"recon_l1", "recon_ssim", "mmd2", "pair_msssim_samples"}
+    assert all(low <= figures[k] <= high for k, (low, high) in figures["ci95"].items() if k != "mmd2")
     samples = sorted((out / "samples").glob("*.nii.gz"))
     assert len(samples) == 64 and all((out / f).read_bytes()[:4] == b"\x89PNG" for f in ("samples.png", "reconstructions.png"))
     sample = nib.load(str(samples[0]))

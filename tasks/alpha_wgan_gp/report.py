@@ -63,11 +63,33 @@ def measure(loaded: LoadedRun, device: torch.device) -> Measured:
     mean = lambda v: None if v is None else float(v.mean())  # noqa: E731
     figures = {"run": run["id"], "task": run["task"], "weights": loaded.weights, "iterations": run.get("steps_done"),
                "train_seconds": duration_seconds(run), "held_out": len(real), "samples": len(samples),
-               "recon_l1": mean(l1), "mean_volume_l1": float((train.mean(0, keepdim=True) - real).abs().mean()),
+               "recon_l1": mean(l1), "mean_volume_l1": float((training_mean(train, loaded.cfg) - real).abs().mean()),
                "recon_ssim": mean(ssim), "mmd2": mmd2(fake_f, real_f, bandwidth),
                "mmd_kernel": "Gaussian on volumes average-pooled to 8^3, bandwidth the held-out volumes' median distance",
-               "pair_msssim_samples": float(pairs.mean()), "pair_msssim_real": float(pairwise_msssim(real).mean())}
-    return Measured(figures, samples, real, recon, l1, ssim, pairs, (fake_f, real_f, bandwidth))
+               "pair_msssim_samples": float(pairs.mean()), "pair_msssim_real": float(pairwise_msssim(real).mean()),
+               "mmd2_untrained": mmd2(pooled(through(untrained_generator(loaded), codes[:len(real)], device)), real_f, bandwidth)}
+    m = Measured(figures, samples, real, recon, l1, ssim, pairs, (fake_f, real_f, bandwidth))
+    figures["ci95"] = intervals(m)
+    return m
+
+
+def training_mean(train: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """The mean training volume as the run saw them, (1, C, X, Y, Z): averaged over the flips its
+    augmentation draws (each axis of flip_axes with probability 1/2), the reference of the L1 target."""
+    from utils.augment import VOLUME_POLICIES
+
+    mean = train.mean(0, keepdim=True)
+    for axis in cfg.flip_axes if cfg.augment in VOLUME_POLICIES else ():
+        mean = (mean + mean.flip(2 + axis)) / 2
+    return mean
+
+
+def untrained_generator(loaded: LoadedRun) -> torch.nn.Module:
+    """The run's generator as its config builds it before any step (seeded by its `seed`), in eval
+    mode: the reference of the MMD^2 target (at most half the untrained generator's)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(loaded.cfg.seed)
+        return loaded.task.build_model(loaded.cfg, loaded.info).generator.eval()
 
 
 def interval(values: torch.Tensor, rounds: int = 1000, seed: int = 0) -> list:
@@ -84,6 +106,12 @@ def mmd_interval(features: tuple, rounds: int = 200, seed: int = 0) -> list:
     values = torch.tensor([mmd2(fake[torch.randint(len(fake), (len(fake),), generator=gen)],
                                 real[torch.randint(len(real), (len(real),), generator=gen)], bandwidth) for _ in range(rounds)])
     return [float(values.quantile(0.025)), float(values.quantile(0.975))]
+
+
+def intervals(m: Measured) -> dict:
+    """Seeded bootstrap 95% intervals of each measure a run has (no reconstruction for a wgan_gp run)."""
+    out = {"mmd2": mmd_interval(m.features), "pair_msssim_samples": interval(m.pairs)}
+    return out | ({"recon_l1": interval(m.l1), "recon_ssim": interval(m.ssim)} if m.l1 is not None else {})
 
 
 def evaluate_run(task: Task, cfg: Config, run: dict, input_path: Optional[str]) -> None:
@@ -108,7 +136,8 @@ def evaluate_run(task: Task, cfg: Config, run: dict, input_path: Optional[str]) 
     write_json(out / "alpha_metrics.json", figures)
     f = figures
     print(f"run {run['id']} ({cfg.weights} weights) on {device}, {f['held_out']} held-out volumes: recon L1 {f['recon_l1']:.4f} "
-          f"(mean training volume: {f['mean_volume_l1']:.4f}), recon SSIM {f['recon_ssim']:.4f}, MMD^2 {f['mmd2']:.4f}, "
+          f"(mean training volume: {f['mean_volume_l1']:.4f}), recon SSIM {f['recon_ssim']:.4f}, MMD^2 {f['mmd2']:.4f} "
+          f"(untrained generator: {f['mmd2_untrained']:.4f}), "
           f"pairwise MS-SSIM of samples {f['pair_msssim_samples']:.4f} (of real volumes: {f['pair_msssim_real']:.4f})")
     print(f"wrote {out}/samples/ ({SAMPLES} .nii.gz), samples.png, reconstructions.png and alpha_metrics.json")
 
@@ -131,10 +160,6 @@ def compare(task: Task, cfg: Config, run_a: dict, run_b: dict, backends: tuple, 
     tasks = {task.name: task, "wgan_gp": WganGp()}  # task_of let in no other
     a, b = (load_run(run, device, tasks[run["task"]], cfg.weights) for run in (run_a, run_b))
     ms = {"A": measure(a, device), "B": measure(b, device)}
-    for m in ms.values():
-        m.figures["ci95"] = {"mmd2": mmd_interval(m.features), "pair_msssim_samples": interval(m.pairs)}
-        if m.l1 is not None:
-            m.figures["ci95"] |= {"recon_l1": interval(m.l1), "recon_ssim": interval(m.ssim)}
     both = ms["A"].l1 is not None and ms["B"].l1 is not None  # else one is a wgan_gp run: nothing to pair
     paired = {"recon_l1": ms["B"].l1 - ms["A"].l1, "recon_ssim": ms["B"].ssim - ms["A"].ssim} if both else {}
     report = {"a": run_a["id"], "b": run_b["id"], "task": task.name, "A": ms["A"].figures, "B": ms["B"].figures,
@@ -170,10 +195,19 @@ def markdown(r: dict) -> str:
     for k, d in r["b_minus_a"].items():
         lines.append(f"- {k}, B - A paired by volume: {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]: "
                      f"{verdict(k, d['ci95'])}.")
-    for k in ("mmd2", "pair_msssim_samples"):
-        lines.append(f"- {k}: {overlap(a['ci95'][k], b['ci95'][k])}.")
+    lines.append(f"- mmd2: {overlap(a['ci95']['mmd2'], b['ci95']['mmd2'])}.")
+    lines.append(f"- pair_msssim_samples: {diversity(a)}; {diversity(b)}.")
     lines += ["", *config_lines(r["config_diff"]), "", model_source_line(r["model_source_changed"])]
     return "\n".join(lines) + "\n"
+
+
+def diversity(f: dict) -> str:
+    """Where a run's pairwise MS-SSIM interval lies against the real pairs' (above: less diverse than the
+    data, collapse; below: more, as noise is)."""
+    low, high = f["ci95"]["pair_msssim_samples"]
+    real = f["pair_msssim_real"]
+    where = "holds" if low <= real <= high else "is above" if low > real else "is below"
+    return f"{f['run']}'s interval {where} the real pairs' {real:.4f} (distance {abs(f['pair_msssim_samples'] - real):.4f})"
 
 
 def overlap(a: list, b: list) -> str:
@@ -197,7 +231,7 @@ def plot_pair(ms: dict, path) -> None:
     from tasks.wgan_gp.measure import picture_grid
     from utils.plots import new_figure, save_figure
 
-    fig = new_figure(12, 6, layout="tight")
+    fig = new_figure(12, 3, layout="tight")
     for ax, key in zip(fig.subplots(1, 2), ("A", "B")):
         ax.imshow(picture_grid((ms[key].samples[:8].clamp(-1, 1) + 1) / 2)[..., 0], cmap="gray", vmin=0, vmax=1,
                   interpolation="nearest")
