@@ -164,7 +164,7 @@ def bench_recipe() -> None:
         ours = json.loads((copy / "experiments" / run_id / "inference" / "alpha_metrics.json").read_text())
         plain, iterations = plain_run(seconds)
         plain_record = run | {"steps_done": iterations, "start_utc": None}  # its held-out patches are the run's
-        loaded = LoadedRun(run=plain_record, task=AlphaWganGp(), cfg=AlphaWganGpConfig(code_dim=128, width=32),
+        loaded = LoadedRun(run=plain_record, task=AlphaWganGp(), cfg=AlphaWganGpConfig(code_dim=128, width=32, augment="volume_flip"),
                            info=info_from_run(run), model=plain,
                            folder=Path(tmp), weights="plain loop")  # the same held-out patches (run's val_hash) and codes
         theirs = measure(loaded, torch.device("cpu")).figures
