@@ -3,6 +3,8 @@
     python inference.py [KEY=VALUE ...]                  evaluate the run `resume` selects on its validation split
     python inference.py --input PATH                     predict on an image file or a folder of images
     python inference.py --compare RUN_A [RUN_B]          A/B report on the same samples (RUN@onnx: its ONNX export)
+    python inference.py --compare GROUP_A GROUP_B        A/B of two groups, members paired by seed and fold
+    python inference.py resume=<group id> [--input PATH] evaluate every member of a group, or predict with the ensemble
     python inference.py --export onnx [pt2]              export the run for services, parity checked (export/)
     python inference.py backend=onnxruntime [--input P]  evaluate or predict with the run's export/model.onnx on CPU
     python inference.py --list [KEY=VALUE ...]           a table of the runs (see train.py --help)
@@ -38,11 +40,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     from tasks import task_of
 
     if args.compare:
-        from infer.report import select_pair
-        run_a, run_b, backends = select_pair(shared, args.compare)
-        task = task_of(run_a, run_b)
-        cfg = load_config(args.config, args.overrides, configs, task.name)
-        return task.compare(cfg, run_a, run_b, backends, args.input)
+        return compare(args, shared)
+    from utils.groups import find_group
+
+    group = find_group(shared.resume)
+    if group is not None:
+        return use_group(args, group)
     run = select_run(shared.resume)
     task = task_of(run)
     cfg = load_config(args.config, args.overrides, configs, task.name)
@@ -54,6 +57,43 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise
     except OSError as e:
         raise RunFailure(f"cannot write under experiments/{run['id']}/inference ({e.strerror}); make experiments/ writable") from None
+    return 0
+
+
+def compare(args: argparse.Namespace, shared) -> int:
+    """--compare: two groups (paired by seed and fold), or two runs (the task's A/B report); then the index."""
+    from infer.groups import compare_groups, group_pair
+    from infer.report import select_pair
+    from tasks import task_of
+    from utils.report import rewrite_index
+
+    groups = group_pair(args.compare)
+    if groups is not None:
+        code = compare_groups(*groups)
+    else:
+        run_a, run_b, backends = select_pair(shared, args.compare)
+        task = task_of(run_a, run_b)
+        cfg = load_config(args.config, args.overrides, configs, task.name)
+        code = task.compare(cfg, run_a, run_b, backends, args.input)
+    rewrite_index()  # its reports column links the new report
+    return code
+
+
+def use_group(args: argparse.Namespace, group: dict) -> int:
+    """resume=<group id>: evaluate every finished member, or with --input predict with their ensemble."""
+    from tasks import task_dict
+    from utils.groups import finished_members
+
+    if args.export:
+        raise UsageError(f"--export: {group['id']} is a group; export one member: resume=<member run id> (--list group={group['id']})")
+    task = task_dict[group["task"]]()
+    cfg = load_config(args.config, args.overrides, configs, task.name)
+    runs = finished_members(group)
+    if args.input:
+        return task.predict_ensemble(cfg, group, runs, args.input)
+    for run in runs:
+        task.evaluate_run(cfg, run, None)
+    print(f"group {group['id']}: evaluated {len(runs)} of {len(group['plan'])} members; group.json holds their aggregate")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Train a model. Every run is kept in experiments/<run id>/; checkpoints/ shows the latest.
 
     python train.py [--config FILE] [KEY=VALUE ...]     a new run, or resume=<id> to continue one
+    python train.py seeds=0,1,2 [folds=5] ...            a group: one run per seed and fold (again: continue it)
     python train.py --list [KEY=VALUE ...] [--sort KEY] [--json]   a table of the runs that match
     python train.py --tag ID TAG ... | --note ID TEXT    label a run afterwards
     python train.py --delete ID ... | --restore ID ... | --prune-states [--dry-run]   clean up experiments/
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
@@ -32,6 +34,7 @@ from utils.config import (
     to_yaml,
 )
 from utils.errors import RunFailure, UsageError, fault_point, run_main
+from utils.report import rewrite_index
 from utils.runstore import BEST_FILE, EXPERIMENTS, RunFolder, find_run, find_state, link_or_copy
 from utils.upgrade import RUN_FORMAT, run_format
 
@@ -53,13 +56,21 @@ class Plan:
     notes: list[str]            # lines for train.log: applied and ignored keys, warnings
     changed: dict               # the experiment's keys that differ from the defaults, as the user set them
     task: Task                  # the task (tasks/<name>/): everything specific to what is trained
+    group: Optional[dict] = None  # a member of a group: {"id", "seed", "fold"} for run.json
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_arguments(argv)
     if args.list or args.store_command:
         return store_command(args)
-    plan = plan_run(load_config(args.config, args.overrides, configs))
+    cfg = load_config(args.config, args.overrides, configs)
+    from utils.groups import is_group
+
+    return train_group(cfg) if is_group(cfg) else train_run(plan_run(cfg))
+
+
+def train_run(plan: Plan) -> int:
+    """One run, new or continued: everything from the machine to the final weights."""
     from tasks.base import resolve_auto
 
     task = plan.task  # what is specific to the task: tasks/<name>/
@@ -115,18 +126,8 @@ def store_command(args) -> int:
     else:
         cleanup.prune_states(args.dry_run)
     if not args.dry_run:
-        write_index_quietly()
+        rewrite_index()
     return 0
-
-
-def write_index_quietly() -> None:
-    """experiments/index.html; a failure to write it never fails what came before."""
-    from utils.report import write_index
-
-    try:
-        write_index()
-    except OSError as e:
-        print(f"note: could not write experiments/index.html ({e.strerror})")
 
 
 # ---------------------------------------------------------------- before anything is written
@@ -149,6 +150,11 @@ def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
     parent's config.yaml, CONTINUATION_KEYS from ours) and lines that say what differs."""
     if cfg.resume is None:
         return None, cfg, []
+    from utils.groups import find_group
+
+    if find_group(cfg.resume) is not None:
+        raise UsageError(f"resume: {cfg.resume} is a group; to continue it, run the command that started it again "
+                         f"(its seeds and folds), or continue one member: --list group={cfg.resume}")
     parent = find_run(cfg.resume, "resume", lambda r: find_state(EXPERIMENTS, r["id"]) is not None, "with saved state",
                       refuse_parent)
     config_file = EXPERIMENTS / parent["id"] / "config.yaml"
@@ -292,6 +298,104 @@ def make_trainer(cfg: Config, task: Task, parts: TrainingParts, loaders: tuple, 
                    device=device, run=run, state=state, weights_meta=meta, tb=tb)
 
 
+# ---------------------------------------------------------------- groups: seeds and folds
+def train_group(cfg: Config) -> int:
+    """One ordinary run per seed and fold, in turn (utils/groups.py). The same command again continues
+    the group: finished members are kept, a killed one continues from its state, missing ones start."""
+    from utils import dist
+    from utils.groups import GroupFolder, group_spec, member_tips, members_of, unfinished_group
+
+    if dist.launched():
+        raise UsageError("seeds, folds: a group trains its members one after another in one process; under torchrun, "
+                         "train one member at a time: seed=S folds=K fold=F, without seeds")
+    task = task_dict[cfg.task]()
+    monitor = task.default_monitor(cfg) if cfg.monitor == "auto" else cfg.monitor
+    if monitor not in task.modes:
+        raise UsageError(f"monitor: '{monitor}' is not a validation metric of task {cfg.task}; use auto or one of "
+                         f"{' | '.join(task.modes)}")
+    found = unfinished_group(group_spec(cfg))
+    group = GroupFolder.reopen(found) if found else GroupFolder.create(cfg, task.name, monitor, task.modes[monitor])
+    plan = members_of(cfg)
+    print(f"group {group.id}: {'continuing' if found else 'new'}, {len(plan)} members (seeds {group.info['seeds']}"
+          f"{f', {cfg.folds} folds' if cfg.folds else ''}); experiments/groups/{group.id}/", flush=True)
+    status = "failed"
+    try:
+        write_folds(group, cfg)
+        for seed, fold in plan:
+            train_member(group, cfg, seed, fold)
+            group.refresh()
+        finish_group(group, task, cfg)
+        status = "finished"
+    except UsageError:
+        if not found and not member_tips(group.id):  # refused before its first member started: as if never asked
+            status = "discard"
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        group.close(status)
+        if status != "discard":
+            rewrite_index()
+    print(f"group {group.id}: finished, {group_line(group.info)}")
+    return 0
+
+
+def write_folds(group, cfg: Config) -> None:
+    """folds.csv, the fold of every pooled sample, read-only, and its sha256 in group.json (once)."""
+    from utils.dataloader import build_data
+    from utils.groups import FOLDS_FILE
+    from utils.runstore import write_text
+
+    if not cfg.folds or group.info.get("fold_sha256"):
+        return
+    table = build_data(dataclasses.replace(cfg, fold=0, cache_mb=0)).fold_table  # labels only: nothing is decoded
+    write_text(group.folder / FOLDS_FILE, table, readonly=True)
+    group.write(fold_sha256=hashlib.sha256(table.encode()).hexdigest())
+
+
+def train_member(group, cfg: Config, seed: int, fold: Optional[int]) -> None:
+    """Train one member unless it finished: a new run, or the continuation of its killed run."""
+    from utils.groups import member_tips
+
+    tip = member_tips(group.id).get((seed, fold))
+    if tip is not None and tip.get("status") == "finished":
+        return
+    if tip is not None and tip.get("status") == "running":
+        raise UsageError(f"group {group.id}: member run {tip['id']} is running in another process; wait for it")
+    resume = tip["id"] if tip is not None and find_state(EXPERIMENTS, tip["id"]) is not None else None
+    plan = plan_run(dataclasses.replace(cfg, seeds=[], seed=seed, fold=fold, resume=resume))
+    plan.group = {"id": group.id, "seed": seed, "fold": fold}
+    train_run(plan)
+
+
+def finish_group(group, task: Task, cfg: Config) -> None:
+    """With every member finished: their predictions of the samples each held out, and the curves."""
+    from utils.groups import PREDICTION_FILES, member_tips, members_of
+    from utils.plots import plot_group_curves
+    from utils.runstore import read_metrics, write_text
+
+    tips = member_tips(group.id)
+    runs = [tips[m] for m in members_of(cfg)]
+    table = task.member_predictions(cfg, runs)
+    if table:
+        write_text(group.folder / PREDICTION_FILES[0 if cfg.folds else 1], table)
+    curves = {f"seed {r['group']['seed']}" + (f" fold {r['group']['fold']}" if cfg.folds else ""): read_metrics(EXPERIMENTS / r["id"])
+              for r in runs}
+    plot_group_curves(curves, group.folder / "curves.png", title=f"group {group.id}: {len(runs)} members")
+    group.refresh()
+
+
+def group_line(info: dict) -> str:
+    """The monitor's mean and 95% interval over the finished members, in one line."""
+    agg = (info.get("aggregate") or {}).get(info["monitor"])
+    if not agg:
+        return f"{info.get('members_done', 0)} of {len(info['plan'])} members done"
+    ci = agg["ci95"]
+    interval = f" (95% interval {ci[0]:.4f} to {ci[1]:.4f}, sd {agg['std']:.4f})" if ci else ""
+    return f"{info['monitor']} {agg['mean']:.4f}{interval} over {agg['n']} members; experiments/groups/{info['id']}/group.json"
+
+
 # ---------------------------------------------------------------- the run folder
 def start_run(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, device: torch.device) -> Optional[RunFolder]:
     """Create the run folder (rank 0 only) with config.yaml and run.json, and say what starts."""
@@ -336,6 +440,7 @@ def run_info(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, 
             "data": data_fields(data.info) | {"dataset": cfg.dataset, "val_split": data.val_split}
             | ({"geometry": data.geometry} if data.geometry else {}),
             "val_hash": data.val_hash, "train_size": len(data.train), "val_size": len(data.val),
+            "group": plan.group, "fold_sha256": hashlib.sha256(data.fold_table.encode()).hexdigest() if data.fold_table else None,
             "params": sum(p.numel() for p in model.parameters()),
             "model_source_sha256": model_source_hash(*plan.task.model_names(cfg)), **environment(device)}
 
@@ -365,7 +470,7 @@ def fit_and_finish(trainer: Trainer, task: Task, run: Optional[RunFolder], cfg: 
         if trainer.tb is not None:
             trainer.tb.close()
         if run is not None:
-            write_index_quietly()
+            rewrite_index()
         trainer.net = None  # the DDP wrappers (and their reducers) go before the process group they use
         gc.collect()
         dist.teardown(finished)

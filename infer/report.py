@@ -7,7 +7,7 @@ from infer.onnx_backend import split_spec
 from infer.runs import is_finished, select_run
 from utils.config import Config
 from utils.errors import UsageError
-from utils.runstore import find_run, write_json, write_text
+from utils.runstore import find_run, list_runs, write_json, write_text
 
 
 def select_pair(cfg: Config, runs: list[str]) -> tuple[dict, dict, tuple[str, str]]:
@@ -20,7 +20,18 @@ def select_pair(cfg: Config, runs: list[str]) -> tuple[dict, dict, tuple[str, st
     run_a = find_run(spec_a, "--compare", is_finished, "that finished",
                      lambda r: None if is_finished(r) else f"has no final weights (status {r.get('status')}); pick a finished run")
     run_b = select_run(spec_b, "--compare" if len(runs) > 1 else "resume")
+    if run_a["id"] == run_b["id"] and backend_a == backend_b:
+        raise UsageError(f"--compare {' '.join(runs)}: that compares run {run_a['id']} with itself"
+                         f"{' (it is also the run resume selects)' if len(runs) == 1 else ''}; name two runs: "
+                         f"--compare {other_run(run_a['id'])} {run_a['id']} (A, then B)")
     return run_a, run_b, (backend_a, backend_b)
+
+
+def other_run(run_id: str) -> str:
+    """The newest finished run other than `run_id`, to suggest as the other side of an A/B."""
+    others = [r for r in list_runs() if is_finished(r) and r["id"] != run_id]
+    alone = [r for r in others if not r.get("group")]  # a group's member is better compared as part of its group
+    return (alone or others)[-1]["id"] if others else "<another run id>"
 
 
 def config_diff(a: Config, b: Config) -> dict:

@@ -103,6 +103,11 @@ class Task:
         """The end of the run's last log line."""
         return "  ".join(f"{k} {row[k]:.4f}" for k in self.modes if k in row)
 
+    def member_predictions(self, cfg: Config, runs: list[dict]) -> str:
+        """A finished group's table (CSV) of each member's prediction of every sample it held out, for
+        the group's folder and McNemar's test in a group A/B; '' when the task predicts no classes."""
+        return ""
+
     # ------------------------------------------------------------ inference (inference.py calls these)
     def evaluate_run(self, cfg: Config, run: dict, input_path: Optional[str]) -> None:
         """inference.py: measure the run (and with --input, predict on the files at input_path). By
@@ -112,6 +117,10 @@ class Task:
         if input_path:
             raise UsageError(f"--input: task {self.name} does not predict on files; drop --input to measure the run")
         evaluate_validation(self, cfg, run)
+
+    def predict_ensemble(self, cfg: Config, group: dict, runs: list[dict], input_path: str) -> int:
+        """inference.py resume=<group id> --input PATH: predict with the members together."""
+        raise UsageError(f"--input: task {self.name} does not predict on files; drop --input to evaluate the group's members")
 
     def compare(self, cfg: Config, run_a: dict, run_b: dict, backends: tuple, input_path: Optional[str]) -> int:
         """inference.py --compare: the A/B report of two runs of this task. By default both runs'

@@ -38,7 +38,7 @@ class Project:
         return new
 
     def run_ids(self) -> list[str]:
-        return sorted(p.name for p in self.experiments.iterdir() if p.is_dir())
+        return sorted(p.name for p in self.experiments.iterdir() if p.is_dir() and p.name[0].isdigit())  # not groups/
 
     def info(self, run_id: str) -> dict:
         return json.loads((self.experiments / run_id / "run.json").read_text())

@@ -48,13 +48,23 @@ def test_compare_two_real_runs(two_runs):
     assert r.returncode == 0 and f"vs {b} (B)" in r.stdout
 
 
-def test_a_run_against_itself(two_runs):
-    project, a, _ = two_runs
-    r = project.run("inference.py", "--compare", a, a, "inference_device=cpu")
+def test_a_run_against_itself_is_refused(two_runs):
+    """Written out, or because A is also the run resume selects (B's default): exit 2, nothing written,
+    and the message names the command to write instead."""
+    project, a, b = two_runs
+    before = project.snapshot()
+    for args in ((a, a), (b,)):
+        r = project.run("inference.py", "--compare", *args, "inference_device=cpu")
+        assert r.returncode == 2 and "with itself" in r.stderr and "--compare " in r.stderr, r.stderr
+    assert f"--compare {a} {b}" in r.stderr, "the other finished run is suggested"
+    assert project.snapshot() == before
+
+
+def test_index_links_a_new_report(two_runs):
+    project, a, b = two_runs
+    r = project.run("inference.py", "--compare", a, b, "inference_device=cpu")
     assert r.returncode == 0, r.stderr
-    report, _ = report_of(project, a, a)
-    assert report["disagreements"]["count"] == 0 and report["mcnemar"]["p_value"] == 1.0
-    assert report["accuracy_diff_B_minus_A"]["ci95"] == [0.0, 0.0]
+    assert f"compare_{a}_vs_{b}.md" in (project.experiments / "index.html").read_text()
 
 
 def test_bad_ids_and_overlapping_samples_exit_2(two_runs):

@@ -62,6 +62,12 @@ class Config:
     gamma: float = key(0.1, "lr factor at each drop (scheduler: step)", above=0, at_most=1)
     seed: int = key(0, "seed of the weights, the data order, augmentation and dropout", at_least=0)
     split_seed: int = key(0, "seed of the train/validation split (fixed across seeds)", at_least=0)
+    seeds: list[int] = key([], "a group of runs, one per seed: [0, 1, 2] or seeds=0,1,2 (with folds: one per seed and fold); "
+                           "[]: one run with `seed`", at_least=0)
+    folds: int = key(0, "k-fold cross-validation: K >= 2 trains a group of K runs, each validated on its held-out fold "
+                     "(stratified by class, fixed by split_seed); 0: the usual split", at_least=0)
+    fold: Optional[int] = key(None, "with folds: the fold one run holds out (a group sets it for each member); null: all K "
+                              "(a group)", at_least=0)
     deterministic: bool = key(True, "bit-identical results on the same machine (slower paths on GPU)")
     dataset: str = key("digits", "digits (sklearn's 8x8) | mnist | fashion_mnist | cifar10 | cifar100 | image_folder | fake "
                        "| volume_folder (3D: NIfTI or .npy volumes) | mni152 (3D brain patches, offline)", choices=DATASETS)
@@ -342,8 +348,26 @@ def check_config(cfg: Config) -> list[str]:
                             "digits and . _ + -")
     if cfg.backend == "onnxruntime" and cfg.inference_device not in ("auto", "cpu"):
         problems.append(f"inference_device: backend=onnxruntime serves on cpu, got '{cfg.inference_device}'; set inference_device=cpu")
+    problems += fold_problems(cfg)
     if cfg.resume is not None and cfg.init_from is not None:
         problems.append("init_from: cannot be combined with resume; set one of them to null")
+    return problems
+
+
+def fold_problems(cfg: Config) -> list[str]:
+    """The checks of seeds, folds and fold together."""
+    problems = []
+    if cfg.folds == 1:
+        problems.append("folds: 1 fold leaves nothing to validate on; use 0 (the usual split) or at least 2")
+    if cfg.fold is not None and not cfg.folds:
+        problems.append(f"fold: {cfg.fold} needs folds (the number of folds), e.g. folds=5 fold={cfg.fold}")
+    elif cfg.fold is not None and cfg.fold >= cfg.folds:
+        problems.append(f"fold: must be below folds={cfg.folds} (folds are numbered 0 to {cfg.folds - 1}), got {cfg.fold}")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        problems.append(f"seeds: {cfg.seeds} repeats a seed; give each seed once")
+    if (cfg.seeds or (cfg.folds and cfg.fold is None)) and (cfg.resume is not None or cfg.init_from is not None):
+        problems.append("seeds, folds: a group starts its members itself; drop resume and init_from (to continue a group, "
+                        "run the same command again)")
     return problems
 
 
@@ -492,4 +516,4 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[list[str]] = None
     def fail(message: str) -> None:
         raise UsageError(f"{message}; see {parser.prog} --help")
     parser.error = fail  # type: ignore[method-assign]
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # KEY=VALUE words may follow --input PATH

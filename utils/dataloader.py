@@ -10,8 +10,11 @@ exactly the same batches.
 Samples are kept as uint8 (or float in [0, 1] for the digits) and normalised per batch.
 """
 import concurrent.futures
+import csv
+import dataclasses
 import functools
 import hashlib
+import io
 import os
 import signal
 import warnings
@@ -233,6 +236,7 @@ class Data:
     val_ids: list
     val_split: str = "held out by split_seed"  # where the validation samples come from, for run.json
     geometry: Optional[dict] = None  # volumes: orientation, spacing and affine after resampling (utils/volumes.py)
+    fold_table: Optional[str] = None  # folds: every pooled sample's fold as CSV (index,id,fold), saved with a group
 
 
 def _hash_ids(dataset: str, ids: list) -> str:
@@ -247,7 +251,12 @@ def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[list, l
 
 
 def build_data(cfg: Config) -> Data:
-    """The configured data set, split into train and validation sets."""
+    """The configured data set, split into train and validation sets (with folds: fold `fold` held out)."""
+    data = _split_data(cfg)
+    return fold_split(data, cfg) if cfg.folds else data
+
+
+def _split_data(cfg: Config) -> Data:
     if cfg.dataset in NAMES:
         return _named(cfg)
     if cfg.dataset == "volume_folder":
@@ -272,6 +281,49 @@ def build_data(cfg: Config) -> Data:
     val_ids = [source.ids[i] for i in val_idx]
     return Data(SplitSet(source, train_idx, info), SplitSet(source, val_idx, info), info,
                 _hash_ids(cfg.dataset, val_ids), train_ids, val_ids)
+
+
+def labels_of(source) -> list[int]:
+    """Every sample's class, without decoding a file."""
+    return source.y.tolist() if hasattr(source, "y") else [int(c) for _, c in source.samples]
+
+
+def fold_assignment(labels: list[int], folds: int, split_seed: int) -> list[int]:
+    """Each sample's fold, stratified: each class in turn is shuffled (by split_seed) and dealt round
+    the folds, starting where the previous class stopped, so that fold sizes differ by at most one."""
+    g = torch.Generator().manual_seed(split_seed)
+    out, turn = [0] * len(labels), 0
+    for c in sorted(set(labels)):
+        members = [i for i, label in enumerate(labels) if label == c]
+        for j in torch.randperm(len(members), generator=g).tolist():
+            out[members[j]] = turn % folds
+            turn += 1
+    return out
+
+
+def fold_split(data: Data, cfg: Config) -> Data:
+    """Fold `cfg.fold` (0 when null) of `cfg.folds` held out for validation, the others trained on. The pool is
+    every sample where the split was drawn by split_seed, else the training split (a val/ folder or an
+    official test split stays aside)."""
+    source = data.train.source
+    pooled = data.val_split == "held out by split_seed"
+    positions = sorted(data.train.positions + data.val.positions) if pooled else list(data.train.positions)
+    if len(positions) < cfg.folds:
+        raise UsageError(f"folds: {cfg.folds} folds of {len(positions)} samples; choose at most {len(positions)}")
+    labels = labels_of(source)
+    assigned = fold_assignment([labels[p] for p in positions], cfg.folds, cfg.split_seed)
+    fold = cfg.fold or 0
+    train_pos = [p for p, f in zip(positions, assigned) if f != fold]
+    val_pos = [p for p, f in zip(positions, assigned) if f == fold]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([("index", "id", "fold"), *((p, source.ids[p], f) for p, f in zip(positions, assigned))])
+    table = buf.getvalue()
+    val_ids = [source.ids[p] for p in val_pos]
+    what = "every sample" if pooled else f"the training split ({data.val_split} aside)"
+    return dataclasses.replace(data, train=SplitSet(source, train_pos, data.info), val=SplitSet(source, val_pos, data.info),
+                               val_hash=_hash_ids(cfg.dataset, val_ids), train_ids=[source.ids[p] for p in train_pos],
+                               val_ids=val_ids, val_split=f"fold {fold} of {cfg.folds} of {what} (stratified, split_seed "
+                               f"{cfg.split_seed})", fold_table=table)
 
 
 def _whole(source, info: DataInfo) -> "SplitSet":

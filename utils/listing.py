@@ -11,7 +11,7 @@ from utils.runstore import list_runs, shown_run
 
 STATUSES = ("running", "finished", "failed", "interrupted", "killed", "damaged")
 # Filters besides the config keys (which match the run's config.yaml values).
-FIELDS = ("status", "name", "tag", "model", "parent")
+FIELDS = ("status", "name", "tag", "model", "parent", "group")
 COLUMNS = ("best", "id", "name", "status", "model", "epochs", "duration", "params")  # --sort also takes metrics, config keys
 
 
@@ -19,7 +19,7 @@ def list_command(words: list[str], sort: Optional[str], as_json: bool, configs: 
     """python train.py --list [KEY=VALUE ...] [--sort KEY] [--json]: print the runs that match.
     `configs` are the tasks' config classes: the config keys runs can be filtered and sorted by."""
     filters = parse_filters(words, configs)
-    runs = list_runs()
+    runs = runs_and_groups(dict(filters).get("group"))
     metrics = list(dict.fromkeys(k for r in runs for k in (r.get("metrics") or {})))  # every task's, as recorded
     keys = every_key(configs)
     if sort is not None and sort not in COLUMNS and sort not in keys and sort not in metrics:
@@ -30,6 +30,33 @@ def list_command(words: list[str], sort: Optional[str], as_json: bool, configs: 
         runs = sort_runs(runs, sort, keys)
     print(json.dumps([summary(r) for r in runs], indent=1) if as_json else format_table(runs))
     return 0
+
+
+def runs_and_groups(group_id: Optional[str]) -> list[dict]:
+    """The rows to list: with group=<id>, that group's members; else every run outside a group and
+    every group as one row (utils/groups.py), by start time."""
+    from utils.groups import find_group, list_groups
+
+    runs = list_runs()
+    if group_id is not None:
+        if find_group(group_id) is None:
+            ids = [g["id"] for g in list_groups()][-5:]
+            raise UsageError(f"--list: no group '{group_id}' in experiments/groups/"
+                             f"{'; recent groups: ' + ', '.join(ids) if ids else '; there are no groups yet'}")
+        return [r for r in runs if (r.get("group") or {}).get("id") == group_id]
+    rows = [r for r in runs if not r.get("group")] + [group_row(g) for g in list_groups()]
+    return sorted(rows, key=lambda r: (r.get("start_utc", ""), r["id"]))
+
+
+def group_row(g: dict) -> dict:
+    """A group as a row of the table: its spec as the config, the members' mean as its metrics."""
+    agg = g.get("aggregate") or {}
+    return {"id": g["id"], "kind": "group", "status": g.get("status"), "name": g.get("name"), "tags": g.get("tags") or [],
+            "notes": [], "model": g.get("model", "?"), "config": {**(g.get("spec") or {}), "monitor": g.get("monitor")},
+            "changed": g.get("changed") or {},
+            "metrics": {k: v["mean"] for k, v in agg.items()}, "aggregate": agg, "modes": {g.get("monitor"): g.get("mode")},
+            "members": {"done": g.get("members_done", 0), "total": len(g.get("plan") or [])},
+            "start_utc": g.get("start_utc", ""), "end_utc": g.get("end_utc"), "updated_utc": g.get("updated_utc")}
 
 
 def parse_filters(words: list[str], configs: dict[str, type]) -> list[tuple[str, Any]]:
@@ -65,6 +92,8 @@ def matches(run: dict, filters: list[tuple[str, Any]]) -> bool:
             ok = value in (run.get("tags") or [])
         elif key == "parent":
             ok = (run.get("parent") or {}).get("id") == value
+        elif key == "group":
+            ok = True  # runs_and_groups chose the group's members
         elif key in FIELDS:
             ok = str(run.get(key)) == value
         else:
@@ -141,7 +170,16 @@ def metric_text(run: dict, where: str, metric: str, common: str) -> str:
     value = (source or {}).get(metric)
     if not isinstance(value, (int, float)):
         return "-"
-    return f"{value:.4f}" if metric == common else f"{metric}={value:.4f}"
+    ci = ((run.get("aggregate") or {}).get(metric) or {}).get("ci95")
+    text = f"{value:.4f}" + (f"±{(ci[1] - ci[0]) / 2:.4f}" if ci else "")  # a group: the members' mean and 95% interval
+    return text if metric == common else f"{metric}={text}"
+
+
+def epochs_text(r: dict) -> str:
+    """Epochs done of planned; for a group, its members done of all."""
+    if r.get("kind") == "group":
+        return f"{r['members']['done']}/{r['members']['total']} members"
+    return f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}"
 
 
 def format_table(runs: list[dict]) -> str:
@@ -153,7 +191,7 @@ def format_table(runs: list[dict]) -> str:
     rows = [header]
     for r, metric in zip(runs, monitors):
         rows.append(("*" if r["id"] == shown else "", r["id"], r.get("status", "?"), r.get("name") or "-", r.get("model", "?"),
-                     f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}", metric_text(r, "final", metric, common),
+                     epochs_text(r), metric_text(r, "final", metric, common),
                      metric_text(r, "best", metric, common), (r.get("parent") or {}).get("id") or "-",
                      format_duration(duration_seconds(r)), ",".join(r.get("tags") or []) or "-", format_changed(changed(r))))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
@@ -170,7 +208,10 @@ def summary(run: dict) -> dict:
     out = {k: run.get(k) for k in keep}
     out |= {"headline": headline(run), "best": (run.get("best") or {}).get("metrics"), "best_epoch": (run.get("best") or {}).get("epoch"),
             "changed": changed(run), "parent": (run.get("parent") or {}).get("id"),
-            "dataset": (run.get("config") or {}).get("dataset"), "duration_s": duration_seconds(run)}
+            "dataset": (run.get("config") or {}).get("dataset"), "duration_s": duration_seconds(run),
+            "group": run.get("group")}
+    if run.get("kind") == "group":
+        out |= {"kind": "group", "members": run["members"], "aggregate": run["aggregate"]}
     return out
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 from utils import runstore
-from utils.listing import changed, format_changed, format_duration, headline, summary
-from utils.runstore import list_runs, read_metrics, write_text
+from utils.groups import list_groups
+from utils.listing import changed, format_changed, format_duration, group_row, headline, summary
+from utils.runstore import GROUPS, list_runs, read_metrics, write_text
 
 INDEX = "index.html"
 COLUMNS = ("status", "id", "name", "tags", "changed", "metric", "final", "best", "epochs", "duration", "started (UTC)",
@@ -24,6 +25,7 @@ th{position:sticky;top:0;background:#f4f4f4;cursor:pointer;user-select:none}
 th.asc::after{content:" \\25B2"} th.desc::after{content:" \\25BC"}
 tr:target{background:#fff6cc} td.notes{white-space:normal;max-width:24em}
 .finished{color:#186a1e} .failed,.damaged{color:#b00020} .killed,.interrupted{color:#a05a00} .running{color:#0b57d0}
+tr.group{background:#f3f7ff;font-weight:600} tr.member td:nth-child(2){padding-left:20px}
 #filter{margin:8px 0;padding:4px;width:24em} ul{margin:2px 0} .muted{color:#777}
 """
 
@@ -53,7 +55,7 @@ def write_index(experiments: Optional[Path] = None) -> Path:
     """Write experiments/index.html for every run in the store; returns its path."""
     experiments = experiments or runstore.EXPERIMENTS
     runs = list_runs(experiments)
-    rows = "\n".join(run_row(r, experiments) for r in runs)
+    rows = "\n".join(table_rows(runs, list_groups(), experiments))
     heads = "".join(f'<th data-type="{"num" if c in NUMERIC else "text"}">{c}</th>' for c in COLUMNS)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Runs: {len(runs)}</title>'
@@ -65,6 +67,55 @@ def write_index(experiments: Optional[Path] = None) -> Path:
     path = experiments / INDEX
     write_text(path, page)
     return path
+
+
+def rewrite_index() -> None:
+    """write_index after something changed; a failure to write it never fails what came before."""
+    try:
+        write_index()
+    except OSError as e:
+        print(f"note: could not write experiments/index.html ({e.strerror})")
+
+
+def table_rows(runs: list[dict], groups: list[dict], experiments: Path) -> list[str]:
+    """One row per run outside a group and per group, by start time; each group's members folded
+    under it (class member)."""
+    members: dict[str, list[dict]] = {}
+    for r in runs:
+        if (r.get("group") or {}).get("id"):
+            members.setdefault(r["group"]["id"], []).append(r)
+    tops = sorted([r for r in runs if not r.get("group")] + [group_row(g) for g in groups],
+                  key=lambda r: (r.get("start_utc", ""), r["id"]))
+    out = []
+    for r in tops:
+        if r.get("kind") != "group":
+            out.append(run_row(r, experiments))
+            continue
+        out.append(group_html(r, experiments))
+        out += [run_row(m, experiments).replace("<tr ", f'<tr class="member" data-group="{r["id"]}" ', 1)
+                for m in members.get(r["id"], [])]
+    return out
+
+
+def group_html(g: dict, experiments: Path) -> str:
+    """A group's row: the members' mean and 95% interval, members done of all, its curves and reports."""
+    gid, metric = g["id"], headline(g)
+    agg = (g.get("aggregate") or {}).get(metric) or {}
+    ci = agg.get("ci95")
+    text = _num(agg.get("mean")) + (f" ± {(ci[1] - ci[0]) / 2:.4f}" if ci else "")
+    folder = experiments / GROUPS / gid
+    png = f'<a href="{GROUPS}/{gid}/curves.png">png</a>' if (folder / "curves.png").exists() else "-"
+    found = sorted(folder.glob("compare_*.md"))
+    links = "<br>".join(f'<a href="{GROUPS}/{gid}/{html.escape(p.name)}">{html.escape(p.stem[8:])}</a>' for p in found) or "-"
+    done, total = g["members"]["done"], g["members"]["total"]
+    duration = summary(g)["duration_s"]
+    cells = [cell(g["status"], cls=g["status"]), cell(f'<a href="{GROUPS}/{gid}/group.json">group {gid}</a>', gid, raw=True),
+             cell(g["name"] or "-"), cell(", ".join(g["tags"]) or "-"), cell(format_changed(g["changed"]) or "-"),
+             cell(metric), cell(text, agg.get("mean", "")), cell("-"), cell(f"{done}/{total} members", done),
+             cell(format_duration(duration), duration if duration is not None else ""),
+             cell((g["start_utc"] or "")[:19].replace("T", " ")), cell("-"), cell(png, raw=True), cell(links, raw=True),
+             cell("", cls="notes")]
+    return f'<tr id="group-{gid}" class="group">{"".join(cells)}</tr>'
 
 
 def cell(text: str, value=None, cls: str = "", raw: bool = False) -> str:

@@ -31,6 +31,7 @@ VIEW_FILES = ("config.yaml", "run.json", "model.safetensors")
 BEST_FILE = "best.safetensors"  # the best epoch's weights, beside model.safetensors
 STATE_FILE = "state.pt"  # everything needed to continue the run exactly (train/checkpoint.py writes it)
 LABELS_FILE = "labels.json"  # tags and notes added after the run started (train.py --tag / --note)
+GROUPS = "groups"  # experiments/groups/<id>: a group of runs (seeds, folds), utils/groups.py
 TRASH = ".trash"  # experiments/.trash/<id>: runs moved away by train.py --delete
 
 
@@ -118,21 +119,24 @@ def recent_ids_hint(n: int = 5) -> str:
     return f"; recent runs: {', '.join(ids)}" if ids else "; there are no runs yet in experiments/"
 
 
-def allocate_run_dir(experiments: Optional[Path] = None) -> tuple[str, Path, str]:
-    """Create experiments/<local start time>[_N]/ and return (id, folder, start time in UTC).
-    mkdir is atomic, so two processes started in the same second get two folders."""
+def allocate_run_dir(experiments: Optional[Path] = None, under: str = "") -> tuple[str, Path, str]:
+    """Create experiments/[under/]<local start time>[_N]/ and return (id, folder, start time in UTC).
+    mkdir is atomic, so two processes started in the same second get two folders. Runs and groups
+    (under="groups") share one space of ids, so that an id names one thing."""
     experiments = experiments or EXPERIMENTS
     base = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:
-        experiments.mkdir(parents=True, exist_ok=True)
+        (experiments / under).mkdir(parents=True, exist_ok=True)
         with FileLock(experiments / STORE_LOCK):
             for n in range(1, 10_000):
                 run_id = base if n == 1 else f"{base}_{n}"
+                if (experiments / run_id).exists() or (experiments / GROUPS / run_id).exists():
+                    continue
                 try:
-                    (experiments / run_id).mkdir()
+                    (experiments / under / run_id).mkdir()
                 except FileExistsError:
                     continue
-                return run_id, experiments / run_id, utc_now()
+                return run_id, experiments / under / run_id, utc_now()
     except OSError as e:
         raise RunFailure(f"cannot create a run folder in {experiments}: {e.strerror}; make it writable "
                          "(other runs are untouched)") from None

@@ -91,6 +91,12 @@ class Classify(Task):
 
         return validate(cfg, model, loader, device)
 
+    def member_predictions(self, cfg: ClassifyConfig, runs: list[dict]) -> str:
+        """Each member's final weights on the samples it held out (infer.py)."""
+        from tasks.classify.infer import held_out_predictions
+
+        return held_out_predictions(self, cfg, runs)
+
     # ------------------------------------------------------------ inference
     def evaluate_run(self, cfg: ClassifyConfig, run: dict, input_path: Optional[str]) -> None:
         """Evaluate the run on its validation split, or predict on the files at input_path."""
@@ -106,6 +112,14 @@ class Classify(Task):
             predict(loaded, Path(input_path), device)
         else:
             evaluate_on_split(loaded, device)
+
+    def predict_ensemble(self, cfg: ClassifyConfig, group: dict, runs: list[dict], input_path: str) -> int:
+        """The mean of the members' probabilities on the files at input_path, and each member's class (infer.py)."""
+        from pathlib import Path
+
+        from tasks.classify.infer import ensemble_predict
+
+        return ensemble_predict(self, cfg, group, runs, Path(input_path))
 
     def compare(self, cfg: ClassifyConfig, run_a: dict, run_b: dict, backends: tuple, input_path: Optional[str]) -> int:
         """Two classifiers on the same samples, each served by its backend (compare.py)."""

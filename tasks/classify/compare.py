@@ -17,27 +17,14 @@ from utils.dataloader import EvalBatchSampler, FileSource, SplitSet, VolumeSourc
 from utils.errors import UsageError
 from utils.plots import new_figure, save_figure
 from utils.runstore import read_metrics
+from utils.stats import mcnemar, paired_bootstrap
 
 BOOTSTRAP_SAMPLES = 2000
 
 
-def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
-    """McNemar's exact test on paired correctness: b = only A right, c = only B right."""
-    from scipy.stats import binomtest
-
-    b = int((a_correct & ~b_correct).sum())
-    c = int((~a_correct & b_correct).sum())
-    p = 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
-    return {"only_a_right": b, "only_b_right": c, "p_value": p}
-
-
 def bootstrap_diff(a_correct: np.ndarray, b_correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """Paired bootstrap 95% interval of accuracy(B) - accuracy(A), seeded."""
-    n = len(a_correct)
-    idx = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
-    diffs = b_correct[idx].mean(1) - a_correct[idx].mean(1)
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return float(lo), float(hi)
+    return paired_bootstrap(b_correct.astype(np.float64) - a_correct.astype(np.float64), BOOTSTRAP_SAMPLES, seed)
 
 
 def reading(test: dict, a: str, b: str) -> str:

@@ -26,6 +26,25 @@ def evaluate_split(loaded: LoadedRun, device: torch.device) -> tuple[Evaluation,
     return out, data
 
 
+def held_out_predictions(task, cfg, runs: list[dict]) -> str:
+    """CSV of every member's prediction of each sample it held out: index (the sample's position in
+    the data), id, fold, seed, true and predicted class, correct. With folds, per seed, every pooled
+    sample once (out of fold)."""
+    from infer.onnx_backend import inference_device
+    from infer.runs import load_run
+
+    device = inference_device(cfg)
+    rows = []
+    for run in runs:
+        loaded = load_run(run, device, task)
+        out, data = evaluate_split(loaded, device)
+        names = loaded.info.class_names
+        g = run["group"]
+        rows += [(p, i, "" if g["fold"] is None else g["fold"], g["seed"], names[t], names[q], int(t == q))
+                 for p, i, t, q in zip(data.val.positions, out.ids, out.target.tolist(), out.pred.tolist())]
+    return to_csv(("index", "id", "fold", "seed", "true", "predicted", "correct"), rows)
+
+
 def evaluate_on_split(loaded: LoadedRun, device: torch.device) -> dict:
     """Evaluate on the run's validation split: print accuracy, loss and per-class accuracy; write
     predictions and metrics under inference/."""
@@ -73,22 +92,52 @@ def predict(loaded: LoadedRun, path: Path, device: torch.device) -> None:
     print(f"wrote {len(rows)} predictions to {out_dir}/predictions.csv{more}")
 
 
-def predict_files(loaded: LoadedRun, path: Path, device: torch.device, batch_size: int = 64) -> list[tuple]:
+def predict_files(loaded: LoadedRun, path: Path, device: torch.device) -> list[tuple]:
     """(path, predicted class name, confidence) for every image (or volume) at `path`."""
     files = list_volumes(path) if loaded.info.volumetric else list_images(path)
-    rows = []
+    conf, pred = file_probabilities(loaded, files, path, device).max(1)
+    return [(str(f), loaded.info.class_names[p], f"{c:.6f}") for f, p, c in zip(files, pred.tolist(), conf.tolist())]
+
+
+def file_probabilities(loaded: LoadedRun, files: list[Path], path: Path, device: torch.device, batch_size: int = 64) -> torch.Tensor:
+    """(files, classes): the run's class probabilities for each file, read as in training."""
+    out = []
     dtype = amp_dtype(loaded.cfg, device)
     for i in range(0, len(files), batch_size):
-        chunk = files[i:i + batch_size]
         try:
-            x = torch.stack([read_input(f, loaded) for f in chunk]).to(device)
+            x = torch.stack([read_input(f, loaded) for f in files[i:i + batch_size]]).to(device)
         except OSError as e:
             raise UsageError(f"--input: cannot read an image in {path} ({e}); remove or fix the file") from None
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            probs = loaded.model(x).float().softmax(1)
-        conf, pred = probs.max(1)
-        rows += [(str(f), loaded.info.class_names[p], f"{c:.6f}") for f, p, c in zip(chunk, pred.tolist(), conf.tolist())]
-    return rows
+            out.append(loaded.model(x).float().softmax(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(loaded.info.class_names))
+
+
+def ensemble_predict(task, cfg, group: dict, runs: list[dict], path: Path) -> int:
+    """A group's prediction on the files at `path`: the mean of its members' probabilities, with each
+    member's own class beside it; written to experiments/groups/<id>/inference/predictions.csv."""
+    from infer.onnx_backend import inference_device
+    from infer.runs import load_run
+    from utils.groups import groups_dir
+
+    device = inference_device(cfg)
+    members = [load_run(run, device, task, cfg.weights) for run in runs]
+    if len({tuple(m.info.class_names) for m in members}) > 1:
+        raise UsageError(f"group {group['id']}: its members have different class names; predict with one member instead")
+    files = list_volumes(path) if members[0].info.volumetric else list_images(path)
+    probs = torch.stack([file_probabilities(m, files, path, device) for m in members])  # (members, files, classes)
+    names = members[0].info.class_names
+    conf, pred = probs.mean(0).max(1)
+    each = probs.argmax(2).T.tolist()  # (files, members)
+    rows = [(str(f), names[p], f"{c:.6f}", *(names[k] for k in ks)) for f, p, c, ks in zip(files, pred.tolist(), conf.tolist(), each)]
+    out_dir = groups_dir() / group["id"] / "inference"
+    out_dir.mkdir(exist_ok=True)
+    write_text(out_dir / "predictions.csv", to_csv(("path", "predicted", "confidence", *(r["id"] for r in runs)), rows))
+    for row in rows[:20]:
+        print("  ".join(row[:3]))
+    print(f"ensemble of {len(members)} members: wrote {len(rows)} predictions to {out_dir}/predictions.csv "
+          "(the mean of their probabilities; one column per member)")
+    return 0
 
 
 def read_input(path: Path, loaded: LoadedRun) -> torch.Tensor:
