@@ -9,6 +9,7 @@
     python inference.py backend=onnxruntime [--input P]  evaluate or predict with the run's export/model.onnx on CPU
     python inference.py --list [KEY=VALUE ...]           a table of the runs (see train.py --help)
     python inference.py --report                         write experiments/index.html, a page of all runs
+    python inference.py --sweep <sweep id>               the report of a sweep: best trial, every trial, importances, plots
 
 torch and what needs it are imported inside the functions that use them, so that --list and
 --help answer at once.
@@ -28,6 +29,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.list:
         from utils.listing import list_command
         return list_command(args.overrides, args.sort, args.json, configs)
+    if args.sweep:
+        from infer.sweeps import sweep_report
+        return sweep_report(args.sweep)
     if args.report:
         from utils.report import write_index
         print(f"wrote {write_index()}")
@@ -106,6 +110,8 @@ def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--export", nargs="+", metavar="FORMAT", help="onnx and/or pt2: export the run resume selects to "
                         "experiments/<id>/export/ (model.onnx, model.pt2, preprocess.json, parity.json, export.json), "
                         "checking parity with the eager model")
+    parser.add_argument("--sweep", metavar="ID", help="the report of a sweep (train.py --sweep): best trial and config, every "
+                        "trial, parameter importances, plots; written to experiments/sweeps/<ID>/")
     parser.add_argument("--report", action="store_true", help="write experiments/index.html: every run on one page, no server needed")
     args = parse_args(parser, argv)
     if args.compare:  # --compare A [B] also swallows the KEY=VALUE words after it

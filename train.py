@@ -2,6 +2,7 @@
 
     python train.py [--config FILE] [KEY=VALUE ...]     a new run, or resume=<id> to continue one
     python train.py seeds=0,1,2 [folds=5] ...            a group: one run per seed and fold (again: continue it)
+    python train.py --sweep FILE [--workers N] [KEY=VALUE ...]   an Optuna sweep whose trials are runs (again: continue it)
     python train.py --list [KEY=VALUE ...] [--sort KEY] [--json]   a table of the runs that match
     python train.py --tag ID TAG ... | --note ID TEXT    label a run afterwards
     python train.py --delete ID ... | --restore ID ... | --prune-states [--dry-run]   clean up experiments/
@@ -16,8 +17,12 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
+
+import yaml
 
 from tasks import configs, task_dict
 from utils.config import (
@@ -31,6 +36,7 @@ from utils.config import (
     parse_args,
     read_yaml,
     saved_config,
+    suggest,
     to_yaml,
 )
 from utils.errors import RunFailure, UsageError, fault_point, run_main
@@ -57,12 +63,16 @@ class Plan:
     changed: dict               # the experiment's keys that differ from the defaults, as the user set them
     task: Task                  # the task (tasks/<name>/): everything specific to what is trained
     group: Optional[dict] = None  # a member of a group: {"id", "seed", "fold"} for run.json
+    sweep: Optional[dict] = None  # a trial of a sweep: {"id", "trial", "params"} for run.json
+    judge: Optional[Callable] = None  # a sweep's pruner: sees each epoch's row, may end the run (Trainer.judge)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_arguments(argv)
     if args.list or args.store_command:
         return store_command(args)
+    if args.sweep:
+        return sweep_command(args)
     cfg = load_config(args.config, args.overrides, configs)
     from utils.groups import is_group
 
@@ -83,7 +93,8 @@ def train_run(plan: Plan) -> int:
     parts = task.build_parts(cfg, model, train_loader.batch_sampler.steps_per_epoch(), device)
     state = restore(plan, parts, device)
     run = start_run(plan, state, data, model, device)
-    trainer = make_trainer(cfg, task, parts, (train_loader, val_loader), device, run, state, task.weights_meta(cfg, data.info))
+    trainer = make_trainer(cfg, task, parts, (train_loader, val_loader), device, run, state, task.weights_meta(cfg, data.info),
+                           plan.judge)
     return fit_and_finish(trainer, task, run, cfg)
 
 
@@ -96,7 +107,17 @@ def parse_arguments(argv: Optional[list[str]]):
     store.add_argument("--restore", nargs="+", metavar="ID", help="bring runs back from experiments/.trash/")
     store.add_argument("--prune-states", action="store_true", help="delete the state.pt of finished runs nothing needs")
     store.add_argument("--dry-run", action="store_true", help="with --delete, --restore, --prune-states: only say what would happen")
+    sweeps = parser.add_argument_group("sweeps (README: Sweeps; pip install -r requirements-sweeps.txt)")
+    sweeps.add_argument("--sweep", metavar="FILE", help="an Optuna sweep: FILE holds trials, metric, sampler, pruner, fixed and "
+                        "space; KEY=VALUE fixes keys of every trial; the same command again continues it")
+    sweeps.add_argument("--sweep-id", metavar="ID", help="join this sweep (several machines: with storage: postgresql://...)")
+    sweeps.add_argument("--workers", type=int, default=1, metavar="N", help="with --sweep: N trials at once on this machine, "
+                        "the cores split between them (default 1)")
     args = parse_args(parser, argv)
+    if (args.sweep_id or args.workers != 1) and not args.sweep:
+        raise UsageError("--sweep-id and --workers go with --sweep FILE")
+    if args.workers < 1:
+        raise UsageError(f"--workers: {args.workers} is not a number of workers; give 1 or more")
     commands = [c for c in ("tag", "note", "delete", "restore", "prune_states") if getattr(args, c)]
     if len(commands) + args.list > 1:
         raise UsageError("give one of --list, --tag, --note, --delete, --restore, --prune-states at a time")
@@ -277,7 +298,7 @@ def restore(plan: Plan, parts: TrainingParts, device: torch.device) -> TrainStat
 
 
 def make_trainer(cfg: Config, task: Task, parts: TrainingParts, loaders: tuple, device: torch.device,
-                 run: Optional[RunFolder], state: TrainState, meta: dict) -> Trainer:
+                 run: Optional[RunFolder], state: TrainState, meta: dict, judge: Optional[Callable] = None) -> Trainer:
     """The Trainer, with the model wrapped for DDP and torch.compile as configured."""
     import torch
 
@@ -295,7 +316,7 @@ def make_trainer(cfg: Config, task: Task, parts: TrainingParts, loaders: tuple, 
         tb = SummaryWriter(log_dir=str(run.folder / "tb"))
     return Trainer(cfg=cfg, phases=task.phases(cfg), validate_epoch=functools.partial(task.validate_epoch, cfg),
                    mode=task.modes[cfg.monitor], parts=parts, net=net, train_loader=loaders[0], val_loader=loaders[1],
-                   device=device, run=run, state=state, weights_meta=meta, tb=tb)
+                   device=device, run=run, state=state, weights_meta=meta, tb=tb, judge=judge)
 
 
 # ---------------------------------------------------------------- groups: seeds and folds
@@ -396,6 +417,125 @@ def group_line(info: dict) -> str:
     return f"{info['monitor']} {agg['mean']:.4f}{interval} over {agg['n']} members; experiments/groups/{info['id']}/group.json"
 
 
+# ---------------------------------------------------------------- sweeps
+def sweep_command(args) -> int:
+    """--sweep FILE: an Optuna study (utils/sweeps.py) whose every trial is an ordinary run; --workers N
+    run N trials at once. The same command again continues an unfinished sweep and its lost trials."""
+    from utils.groups import group_spec, is_group
+    from utils.sweepfile import read_sweep_file
+    from utils.sweeps import open_sweep, require_optuna
+
+    require_optuna()
+    base = load_config(args.config, args.overrides, configs)
+    file = read_sweep_file(args.sweep, type(base))
+    require_optuna(file.storage)
+    base = load_config(args.config, [f"{k}={yaml_text(v)}" for k, v in file.fixed.items()] + args.overrides, configs)
+    task = task_dict[base.task]()
+    metric = file.metric or (task.default_monitor(base) if base.monitor == "auto" else base.monitor)
+    if metric not in task.modes:
+        raise UsageError(f"{args.sweep}: metric '{metric}' is not reported by task {task.name}{suggest(metric, list(task.modes))}; "
+                         f"use one of {' | '.join(task.modes)}")
+    if is_group(base):
+        raise UsageError("seeds, folds: a sweep's trials are single runs; drop seeds and folds (compare the best trials as groups after)")
+    direction = file.direction or ("maximize" if task.modes[metric] == "max" else "minimize")
+    sweep, new = open_sweep(file, args.sweep_id, group_spec(base), metric, direction)
+    child = os.environ.get("TEMPLATE_SWEEP_WORKER") == "1"
+    if not child:
+        print(f"sweep {sweep.id}: {'new' if new else 'continuing'}, {file.trials} trials, {file.sampler} sampler, pruner "
+              f"{file.pruner}, {metric} ({direction}), storage {sweep.info['storage']}, {args.workers} worker(s); "
+              f"experiments/sweeps/{sweep.id}/", flush=True)
+    code = spawn_workers(args, sweep.id) if args.workers > 1 else sweep_worker(sweep, base)
+    if not child:
+        print(sweep_line(sweep))
+    return code
+
+
+def yaml_text(value) -> str:
+    """A value of the sweep file's `fixed` as KEY=VALUE text."""
+    return value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+
+
+def spawn_workers(args, sweep_id: str) -> int:
+    """N worker processes on this machine, the cores split between them; each takes the next trial as
+    soon as its last one ends. Returns 0, or 1 when a worker failed."""
+    import subprocess
+    import sys
+
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    env = {**os.environ, "TEMPLATE_SWEEP_WORKER": "1", "OMP_NUM_THREADS": str(threads)}
+    command = [sys.executable, __file__, "--sweep", args.sweep, "--sweep-id", sweep_id, *(["--config", args.config] if args.config
+                                                                                          else []), *args.overrides]
+    procs = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
+    codes = [p.wait() for p in procs]
+    bad = [c for c in codes if c]
+    if bad:
+        print(f"sweep {sweep_id}: {len(bad)} of {len(codes)} workers failed (exit {bad[0]}); run the same command again to "
+              "continue their trials")
+    return 1 if bad else 0
+
+
+def sweep_worker(sweep, base: Config) -> int:
+    """Take trials until the study has its `trials`: a lost trial of this machine first, else a new one."""
+    from utils.sweeps import finish_trial, mark_finished, next_trial
+
+    while (ticket := next_trial(sweep)) is not None:
+        state, value, run_id = run_trial(sweep, base, ticket)
+        finish_trial(sweep, ticket, state, value, run_id)
+    mark_finished(sweep)
+    return 0
+
+
+def run_trial(sweep, base: Config, ticket) -> tuple[str, Optional[float], Optional[str]]:
+    """Train trial `ticket` as a run (continuing its killed run from state.pt): (state, value, run id).
+    A trial whose values make an invalid config, or whose loss becomes NaN, fails; the sweep goes on."""
+    from utils.sweepfile import trial_config
+    from utils.sweeps import trial_runs
+
+    runs = trial_runs(sweep.id, ticket.number)
+    tip = runs[-1] if runs else None
+    if tip is None or tip.get("status") != "finished":
+        resume = tip["id"] if tip is not None and find_state(EXPERIMENTS, tip["id"]) is not None else None
+        try:
+            plan = plan_run(dataclasses.replace(trial_config(base, ticket.params), resume=resume))
+            plan.sweep = {"id": sweep.id, "trial": ticket.number, "params": ticket.params}
+            plan.judge = pruning_judge(sweep, ticket)
+            train_run(plan)
+        except (UsageError, RunFailure) as e:
+            print(f"sweep {sweep.id}: trial {ticket.number} failed: {e}", flush=True)
+            runs = trial_runs(sweep.id, ticket.number)
+            return "fail", None, runs[-1]["id"] if runs else None
+        tip = trial_runs(sweep.id, ticket.number)[-1]
+    value = (tip.get("metrics") or {}).get(sweep.metric)
+    return ("pruned" if tip.get("pruned") else "complete"), value, tip["id"]
+
+
+def pruning_judge(sweep, ticket) -> Callable[[dict], Optional[str]]:
+    """Reports each epoch's metric to the study; a reason to stop when the sweep's pruner says so."""
+    def judge(row: dict) -> Optional[str]:
+        if sweep.metric not in row:
+            return None
+        ticket.trial.report(row[sweep.metric], row["epoch"])
+        if ticket.trial.should_prune():
+            return f"the sweep's {sweep.file.pruner} pruner ({sweep.metric} {row[sweep.metric]:.4f} at epoch {row['epoch']})"
+        return None
+    return judge
+
+
+def sweep_line(sweep) -> str:
+    """The last line: how many trials ended how, and the best."""
+    from collections import Counter
+
+    trials = sweep.study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name.lower() for t in trials)
+    done = ", ".join(f"{n} {state}" for state, n in counts.items())
+    best = [t for t in trials if t.state.name == "COMPLETE"]
+    if not best:
+        return f"sweep {sweep.id}: {len(trials)} of {sweep.file.trials} trials ({done}); no trial completed yet"
+    top = sweep.study.best_trial
+    return (f"sweep {sweep.id}: {len(trials)} of {sweep.file.trials} trials ({done}); best trial {top.number}, run "
+            f"{top.user_attrs.get('run')}, {sweep.metric} {top.value:.4f}; report: python inference.py --sweep {sweep.id}")
+
+
 # ---------------------------------------------------------------- the run folder
 def start_run(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, device: torch.device) -> Optional[RunFolder]:
     """Create the run folder (rank 0 only) with config.yaml and run.json, and say what starts."""
@@ -440,7 +580,8 @@ def run_info(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module, 
             "data": data_fields(data.info) | {"dataset": cfg.dataset, "val_split": data.val_split}
             | ({"geometry": data.geometry} if data.geometry else {}),
             "val_hash": data.val_hash, "train_size": len(data.train), "val_size": len(data.val),
-            "group": plan.group, "fold_sha256": hashlib.sha256(data.fold_table.encode()).hexdigest() if data.fold_table else None,
+            "group": plan.group, "sweep": plan.sweep,
+            "fold_sha256": hashlib.sha256(data.fold_table.encode()).hexdigest() if data.fold_table else None,
             "params": sum(p.numel() for p in model.parameters()),
             "model_source_sha256": model_source_hash(*plan.task.model_names(cfg)), **environment(device)}
 

@@ -62,8 +62,9 @@ class Trainer:
 
     def __init__(self, *, cfg: Config, phases: list[Phase], validate_epoch: Callable[[nn.Module, Any, torch.device], dict], mode: str,
                  parts: TrainingParts, net: nn.Module, train_loader, val_loader, device: torch.device, run: Optional[RunFolder],
-                 state: TrainState, weights_meta: dict, tb=None):
+                 state: TrainState, weights_meta: dict, tb=None, judge: Optional[Callable[[dict], Optional[str]]] = None):
         self.cfg, self.parts, self.device, self.run = cfg, parts, device, run
+        self.judge = judge  # sees each epoch's row; a reason to stop (a sweep's pruner) ends the run there, or None
         self.phases = phases      # the task's losses of a step (train/phases.py)
         self._validate_epoch = validate_epoch  # (model, val_loader, device) -> the task's validation metrics
         self.mode = mode          # which way cfg.monitor is better: max or min
@@ -103,7 +104,7 @@ class Trainer:
                     self.save_best(row)
                 self.save_state()
                 self._report(row)
-                if self._stop_early():
+                if self._stop_early() or self._pruned(row):
                     break
         return self.state.history[-1]
 
@@ -253,6 +254,14 @@ class Trainer:
             self.run.log(f"early stop after epoch {history[-1]['epoch']}: {reason}")
             self.run.write_info(stopped_early={"epoch": history[-1]["epoch"], "reason": reason})
         return True
+
+    def _pruned(self, row: dict) -> bool:
+        """Whether `judge` ends the run after this epoch; records why in run.json (pruned: true)."""
+        reason = self.judge(row) if self.judge is not None else None
+        if reason and self.run is not None:
+            self.run.log(f"pruned after epoch {row['epoch']}: {reason}")
+            self.run.write_info(stopped_early={"epoch": row["epoch"], "reason": reason}, pruned=True)
+        return bool(reason)
 
     def _report(self, row: dict) -> None:
         """The epoch's line in train.log, and its scalars in TensorBoard."""

@@ -329,7 +329,7 @@ def build_config(values: dict, cls: type = Config) -> Config:
 def check_config(cfg: Config) -> list[str]:
     """Every check of a config, in one place: each field's declared checks, then the checks that
     involve several keys. Returns the problems found."""
-    problems = [p for f in dataclasses.fields(cfg) for p in _field_problems(f, getattr(cfg, f.name))]
+    problems = [p for f in dataclasses.fields(cfg) for p in field_problems(f, getattr(cfg, f.name))]
     for name in ("device", "inference_device"):
         if not DEVICE_RE.match(getattr(cfg, name)):
             problems.append(f"{name}: '{getattr(cfg, name)}' is not auto | cpu | cuda | cuda:N | mps")
@@ -371,11 +371,11 @@ def fold_problems(cfg: Config) -> list[str]:
     return problems
 
 
-def _field_problems(f: dataclasses.Field, value: Any) -> list[str]:
+def field_problems(f: dataclasses.Field, value: Any) -> list[str]:
     """What is wrong with `value` by the checks field f declares (key())."""
     m, name = f.metadata, f.name
     if isinstance(value, list):
-        return [p for v in value if not isinstance(v, str) for p in _field_problems(f, v)]
+        return [p for v in value if not isinstance(v, str) for p in field_problems(f, v)]
     if value is None or isinstance(value, bool):
         return []
     if m.get("choices") and value not in m["choices"]:

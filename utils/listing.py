@@ -9,9 +9,9 @@ from utils.config import LABEL_KEYS, Config, convert, defaults_of, every_key, fi
 from utils.errors import UsageError
 from utils.runstore import list_runs, shown_run
 
-STATUSES = ("running", "finished", "failed", "interrupted", "killed", "damaged")
+STATUSES = ("running", "finished", "pruned", "failed", "interrupted", "killed", "damaged")  # pruned: finished, stopped by a sweep
 # Filters besides the config keys (which match the run's config.yaml values).
-FIELDS = ("status", "name", "tag", "model", "parent", "group")
+FIELDS = ("status", "name", "tag", "model", "parent", "group", "sweep")
 COLUMNS = ("best", "id", "name", "status", "model", "epochs", "duration", "params")  # --sort also takes metrics, config keys
 
 
@@ -59,6 +59,20 @@ def group_row(g: dict) -> dict:
             "start_utc": g.get("start_utc", ""), "end_utc": g.get("end_utc"), "updated_utc": g.get("updated_utc")}
 
 
+def sweep_row(sweep: dict, runs: list[dict]) -> dict:
+    """A sweep as a row of the index: its best finished trial's metric, trials finished of all."""
+    metric, sign = sweep.get("metric"), 1 if sweep.get("direction") == "maximize" else -1
+    trials = [r for r in runs if (r.get("sweep") or {}).get("id") == sweep["id"]]
+    done = [r for r in trials if r.get("status") == "finished" and metric in (r.get("metrics") or {})]
+    best = max((r["metrics"][metric] * sign for r in done if not r.get("pruned")), default=None)
+    return {"id": sweep["id"], "kind": "sweep", "status": "finished" if sweep.get("finished") else "running", "name": None,
+            "tags": [], "notes": [], "model": trials[0].get("model", "?") if trials else "?", "config": {"monitor": metric},
+            "changed": sweep.get("spec_changed") or {}, "metrics": {} if best is None else {metric: best * sign},
+            "aggregate": {} if best is None else {metric: {"mean": best * sign, "ci95": None}},
+            "members": {"done": len({r["sweep"]["trial"] for r in done}), "total": sweep.get("trials", 0)},
+            "start_utc": sweep.get("start_utc", ""), "end_utc": sweep.get("end_utc"), "updated_utc": sweep.get("end_utc")}
+
+
 def parse_filters(words: list[str], configs: dict[str, type]) -> list[tuple[str, Any]]:
     """KEY=VALUE words -> (key, value); every key and value checked before anything is listed."""
     filters = []
@@ -94,6 +108,10 @@ def matches(run: dict, filters: list[tuple[str, Any]]) -> bool:
             ok = (run.get("parent") or {}).get("id") == value
         elif key == "group":
             ok = True  # runs_and_groups chose the group's members
+        elif key == "sweep":
+            ok = (run.get("sweep") or {}).get("id") == value
+        elif key == "status":
+            ok = shown_status(run) == value or run.get("status") == value
         elif key in FIELDS:
             ok = str(run.get(key)) == value
         else:
@@ -175,6 +193,11 @@ def metric_text(run: dict, where: str, metric: str, common: str) -> str:
     return text if metric == common else f"{metric}={text}"
 
 
+def shown_status(r: dict) -> str:
+    """The status a person reads: a finished run a sweep's pruner stopped is `pruned` (its weights are final)."""
+    return "pruned" if r.get("status") == "finished" and r.get("pruned") else r.get("status", "?")
+
+
 def epochs_text(r: dict) -> str:
     """Epochs done of planned; for a group, its members done of all."""
     if r.get("kind") == "group":
@@ -190,7 +213,7 @@ def format_table(runs: list[dict]) -> str:
     header = ("", "id", "status", "name", "model", "epochs", common, "best", "parent", "duration", "tags", "changed")
     rows = [header]
     for r, metric in zip(runs, monitors):
-        rows.append(("*" if r["id"] == shown else "", r["id"], r.get("status", "?"), r.get("name") or "-", r.get("model", "?"),
+        rows.append(("*" if r["id"] == shown else "", r["id"], shown_status(r), r.get("name") or "-", r.get("model", "?"),
                      epochs_text(r), metric_text(r, "final", metric, common),
                      metric_text(r, "best", metric, common), (r.get("parent") or {}).get("id") or "-",
                      format_duration(duration_seconds(r)), ",".join(r.get("tags") or []) or "-", format_changed(changed(r))))
@@ -209,7 +232,7 @@ def summary(run: dict) -> dict:
     out |= {"headline": headline(run), "best": (run.get("best") or {}).get("metrics"), "best_epoch": (run.get("best") or {}).get("epoch"),
             "changed": changed(run), "parent": (run.get("parent") or {}).get("id"),
             "dataset": (run.get("config") or {}).get("dataset"), "duration_s": duration_seconds(run),
-            "group": run.get("group")}
+            "group": run.get("group"), "sweep": run.get("sweep"), "pruned": bool(run.get("pruned"))}
     if run.get("kind") == "group":
         out |= {"kind": "group", "members": run["members"], "aggregate": run["aggregate"]}
     return out

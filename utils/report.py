@@ -9,8 +9,9 @@ from typing import Optional
 
 from utils import runstore
 from utils.groups import list_groups
-from utils.listing import changed, format_changed, format_duration, group_row, headline, summary
+from utils.listing import changed, format_changed, format_duration, group_row, headline, summary, sweep_row
 from utils.runstore import GROUPS, list_runs, read_metrics, write_text
+from utils.sweeps import SWEEPS, list_sweeps
 
 INDEX = "index.html"
 COLUMNS = ("status", "id", "name", "tags", "changed", "metric", "final", "best", "epochs", "duration", "started (UTC)",
@@ -82,13 +83,14 @@ def table_rows(runs: list[dict], groups: list[dict], experiments: Path) -> list[
     under it (class member)."""
     members: dict[str, list[dict]] = {}
     for r in runs:
-        if (r.get("group") or {}).get("id"):
-            members.setdefault(r["group"]["id"], []).append(r)
-    tops = sorted([r for r in runs if not r.get("group")] + [group_row(g) for g in groups],
-                  key=lambda r: (r.get("start_utc", ""), r["id"]))
+        owner = (r.get("group") or {}).get("id") or (r.get("sweep") or {}).get("id")
+        if owner:
+            members.setdefault(owner, []).append(r)
+    tops = sorted([r for r in runs if not r.get("group") and not r.get("sweep")] + [group_row(g) for g in groups]
+                  + [sweep_row(s, runs) for s in list_sweeps()], key=lambda r: (r.get("start_utc", ""), r["id"]))
     out = []
     for r in tops:
-        if r.get("kind") != "group":
+        if r.get("kind") not in ("group", "sweep"):
             out.append(run_row(r, experiments))
             continue
         out.append(group_html(r, experiments))
@@ -98,24 +100,29 @@ def table_rows(runs: list[dict], groups: list[dict], experiments: Path) -> list[
 
 
 def group_html(g: dict, experiments: Path) -> str:
-    """A group's row: the members' mean and 95% interval, members done of all, its curves and reports."""
-    gid, metric = g["id"], headline(g)
+    """A group's row (the members' mean and 95% interval, members done of all) or a sweep's (its best
+    trial, trials done of all): with its curves and reports."""
+    gid, metric, kind = g["id"], headline(g), g["kind"]
     agg = (g.get("aggregate") or {}).get(metric) or {}
     ci = agg.get("ci95")
     text = _num(agg.get("mean")) + (f" ± {(ci[1] - ci[0]) / 2:.4f}" if ci else "")
-    folder = experiments / GROUPS / gid
-    png = f'<a href="{GROUPS}/{gid}/curves.png">png</a>' if (folder / "curves.png").exists() else "-"
-    found = sorted(folder.glob("compare_*.md"))
-    links = "<br>".join(f'<a href="{GROUPS}/{gid}/{html.escape(p.name)}">{html.escape(p.stem[8:])}</a>' for p in found) or "-"
+    where = GROUPS if kind == "group" else SWEEPS
+    folder = experiments / where / gid
+    png = next((f'<a href="{where}/{gid}/{n}">png</a>' for n in ("curves.png", "history.png") if (folder / n).exists()), "-")
+    found = sorted(folder.glob("compare_*.md")) + sorted(folder.glob("report.md"))
+    links = "<br>".join(f'<a href="{where}/{gid}/{html.escape(p.name)}">{html.escape(p.stem.removeprefix("compare_"))}</a>'
+                        for p in found) or "-"
     done, total = g["members"]["done"], g["members"]["total"]
     duration = summary(g)["duration_s"]
-    cells = [cell(g["status"], cls=g["status"]), cell(f'<a href="{GROUPS}/{gid}/group.json">group {gid}</a>', gid, raw=True),
+    label = f'<a href="{where}/{gid}/{kind}.json">{kind} {gid}</a>'
+    cells = [cell(g["status"], cls=g["status"]), cell(label, gid, raw=True),
              cell(g["name"] or "-"), cell(", ".join(g["tags"]) or "-"), cell(format_changed(g["changed"]) or "-"),
-             cell(metric), cell(text, agg.get("mean", "")), cell("-"), cell(f"{done}/{total} members", done),
+             cell(metric), cell(text, agg.get("mean", "")), cell("-"),
+             cell(f"{done}/{total} {'members' if kind == 'group' else 'trials'}", done),
              cell(format_duration(duration), duration if duration is not None else ""),
              cell((g["start_utc"] or "")[:19].replace("T", " ")), cell("-"), cell(png, raw=True), cell(links, raw=True),
              cell("", cls="notes")]
-    return f'<tr id="group-{gid}" class="group">{"".join(cells)}</tr>'
+    return f'<tr id="{kind}-{gid}" class="group">{"".join(cells)}</tr>'
 
 
 def cell(text: str, value=None, cls: str = "", raw: bool = False) -> str:
