@@ -1,19 +1,9 @@
 """The sweep file of `python train.py --sweep FILE`: read with yaml.safe_load and checked in one place,
-before anything is written. No optuna here (utils/sweeps.py runs the study).
-
-    trials: 12
-    metric: val_acc          # optional: the task's monitor
-    direction: maximize      # optional: from the metric
-    sampler: tpe             # tpe | random | grid
-    sampler_seed: 0
-    pruner: none             # none | median | halving
-    storage: null            # optional: postgresql://user@host/db shares the study between machines
-    fixed: {epochs: 3}       # optional, like KEY=VALUE
-    space:
-      lr: {log_uniform: [1.0e-4, 1.0e-1]}
-      dropout: {uniform: [0.0, 0.5]}
-      batch_size: {choices: [32, 64, 128]}
-      grad_accum_steps: {int: [1, 4], step: 1}
+before anything is written. No optuna here (utils/sweeps.py runs the study). Its keys: trials,
+metric (default: the task's monitor), direction (default: from the metric), sampler (tpe | random |
+grid), sampler_seed, pruner (none | median | halving), storage (null: a journal file; or
+postgresql://...), fixed (keys every trial gets) and space (searched keys: choices, uniform,
+log_uniform, int with step). README's "Sweeps" shows a whole file.
 """
 import dataclasses
 import json
