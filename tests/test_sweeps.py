@@ -78,6 +78,11 @@ def test_bad_sweep_files_exit_2_before_anything_is_written(project, text, words)
     assert project.run_ids() == [] and sweep_ids(project) == []
 
 
+def test_a_missing_sweep_file_is_exit_2(project):
+    r = project.run("train.py", "--sweep", "nowhere.yaml")
+    assert r.returncode == 2 and "no sweep file nowhere.yaml" in r.stderr and sweep_ids(project) == []
+
+
 def test_without_optuna_sweep_is_exit_2_naming_the_install_command(project):
     path = sweep_file(project, "trials: 1\n" + SPACE)
     code = ("import runpy, sys; sys.modules['optuna'] = None; sys.argv = ['train.py', '--sweep', sys.argv[1]]; "

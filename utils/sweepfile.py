@@ -64,6 +64,8 @@ class SweepFile:
 
 def read_sweep_file(path: str, cls: type) -> SweepFile:
     """Read and check FILE against the keys of the config class `cls` (the task's)."""
+    if not Path(path).is_file():
+        raise UsageError(f"--sweep: no sweep file {path}; give a YAML file with trials and space (README: Sweeps)")
     data = read_yaml(Path(path))
     unknown = [k for k in data if k not in FILE_KEYS]
     if unknown:
