@@ -73,6 +73,8 @@ def compare(args: argparse.Namespace, shared) -> int:
 
     groups = group_pair(args.compare)
     if groups is not None:
+        if args.input:
+            raise UsageError("--input: two groups are compared member by member on their own held-out samples; drop --input")
         code = compare_groups(*groups)
     else:
         run_a, run_b, backends = select_pair(shared, args.compare)

@@ -39,7 +39,7 @@ from utils.config import (
     suggest,
     to_yaml,
 )
-from utils.errors import RunFailure, UsageError, fault_point, run_main
+from utils.errors import Interrupted, RunFailure, UsageError, fault_point, run_main
 from utils.report import rewrite_index
 from utils.runstore import BEST_FILE, EXPERIMENTS, RunFolder, find_run, find_state, link_or_copy
 from utils.upgrade import RUN_FORMAT, run_format
@@ -163,7 +163,8 @@ def plan_run(cfg: Config) -> Plan:
                         f"has no final weights (status {r['status']}); choose a finished run")
     if parent is not None:
         changed = parent["changed"] if isinstance(parent.get("changed"), dict) else changed_keys(cfg)
-    return Plan(cfg, parent, init, notes, changed, task_dict[cfg.task]())
+    # a continuation of a group's member or a sweep's trial stays one (its group or sweep finds it)
+    return Plan(cfg, parent, init, notes, changed, task_dict[cfg.task](), (parent or {}).get("group"), (parent or {}).get("sweep"))
 
 
 def resolve_parent(cfg: Config) -> tuple[Optional[dict], Config, list[str]]:
@@ -351,7 +352,7 @@ def train_group(cfg: Config) -> int:
         if not found and not member_tips(group.id):  # refused before its first member started: as if never asked
             status = "discard"
         raise
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         status = "interrupted"
         raise
     finally:
@@ -426,6 +427,11 @@ def sweep_command(args) -> int:
     from utils.sweeps import open_sweep, require_optuna
 
     require_optuna()
+    from utils import dist
+
+    if dist.launched():
+        raise UsageError("--sweep: a sweep runs its trials as single-process runs; start it without torchrun (--workers N for "
+                         "several at once)")
     base = load_config(args.config, args.overrides, configs)
     file = read_sweep_file(args.sweep, type(base))
     require_optuna(file.storage)
@@ -437,6 +443,10 @@ def sweep_command(args) -> int:
                          f"use one of {' | '.join(task.modes)}")
     if is_group(base):
         raise UsageError("seeds, folds: a sweep's trials are single runs; drop seeds and folds (compare the best trials as groups after)")
+    if base.resume is not None:
+        raise UsageError("resume: a sweep starts its own trials; drop resume (run the same --sweep command again to continue it)")
+    if base.init_from is not None:
+        plan_run(base)  # init_from must name a finished run: refused here, before the sweep exists
     direction = file.direction or ("maximize" if task.modes[metric] == "max" else "minimize")
     sweep, new = open_sweep(file, args.sweep_id, group_spec(base), metric, direction)
     child = os.environ.get("TEMPLATE_SWEEP_WORKER") == "1"
@@ -447,6 +457,9 @@ def sweep_command(args) -> int:
     code = spawn_workers(args, sweep.id) if args.workers > 1 else sweep_worker(sweep, base)
     if not child:
         print(sweep_line(sweep))
+    trials = sweep.study.get_trials(deepcopy=False)
+    if trials and all(t.state.name == "FAIL" for t in trials):
+        raise RunFailure(f"sweep {sweep.id}: every trial failed; trial {trials[0].number}: {trials[0].user_attrs.get('error')}")
     return code
 
 
@@ -458,6 +471,7 @@ def yaml_text(value) -> str:
 def spawn_workers(args, sweep_id: str) -> int:
     """N worker processes on this machine, the cores split between them; each takes the next trial as
     soon as its last one ends. Returns 0, or 1 when a worker failed."""
+    import signal
     import subprocess
     import sys
 
@@ -466,7 +480,19 @@ def spawn_workers(args, sweep_id: str) -> int:
     command = [sys.executable, __file__, "--sweep", args.sweep, "--sweep-id", sweep_id, *(["--config", args.config] if args.config
                                                                                           else []), *args.overrides]
     procs = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
+    received = []
+
+    def forward(signum: int, _frame) -> None:  # SIGTERM to the workers (Ctrl-C reaches them from the terminal)
+        received.append(signum)
+        if signum == signal.SIGTERM:
+            for p in procs:
+                p.send_signal(signum)
+    handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     codes = [p.wait() for p in procs]
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    if received:
+        raise Interrupted(143 if signal.SIGTERM in received else 130)
     bad = [c for c in codes if c]
     if bad:
         print(f"sweep {sweep_id}: {len(bad)} of {len(codes)} workers failed (exit {bad[0]}); run the same command again to "
@@ -498,10 +524,11 @@ def run_trial(sweep, base: Config, ticket) -> tuple[str, Optional[float], Option
         try:
             plan = plan_run(dataclasses.replace(trial_config(base, ticket.params), resume=resume))
             plan.sweep = {"id": sweep.id, "trial": ticket.number, "params": ticket.params}
-            plan.judge = pruning_judge(sweep, ticket)
+            plan.judge = pruning_judge(sweep, ticket, plan.cfg.epochs)
             train_run(plan)
         except (UsageError, RunFailure) as e:
             print(f"sweep {sweep.id}: trial {ticket.number} failed: {e}", flush=True)
+            ticket.trial.set_user_attr("error", str(e)[:500])
             runs = trial_runs(sweep.id, ticket.number)
             return "fail", None, runs[-1]["id"] if runs else None
         tip = trial_runs(sweep.id, ticket.number)[-1]
@@ -509,13 +536,14 @@ def run_trial(sweep, base: Config, ticket) -> tuple[str, Optional[float], Option
     return ("pruned" if tip.get("pruned") else "complete"), value, tip["id"]
 
 
-def pruning_judge(sweep, ticket) -> Callable[[dict], Optional[str]]:
-    """Reports each epoch's metric to the study; a reason to stop when the sweep's pruner says so."""
+def pruning_judge(sweep, ticket, epochs: int) -> Callable[[dict], Optional[str]]:
+    """Reports each epoch's metric to the study; a reason to stop when the sweep's pruner says so
+    (never after the last epoch: a trial that trained to the end is complete)."""
     def judge(row: dict) -> Optional[str]:
         if sweep.metric not in row:
             return None
         ticket.trial.report(row[sweep.metric], row["epoch"])
-        if ticket.trial.should_prune():
+        if row["epoch"] < epochs and ticket.trial.should_prune():
             return f"the sweep's {sweep.file.pruner} pruner ({sweep.metric} {row[sweep.metric]:.4f} at epoch {row['epoch']})"
         return None
     return judge

@@ -24,6 +24,9 @@ def group_pair(specs: list[str]) -> Optional[tuple[dict, dict]]:
     if len(specs) < 2:
         raise UsageError(f"--compare {specs[0]}: {specs[0]} is a group; compare it with another group: "
                          f"--compare GROUP_A GROUP_B{recent_groups()}")
+    if all(given) and given[0]["id"] == given[1]["id"]:
+        raise UsageError(f"--compare {specs[0]} {specs[1]}: that compares group {given[0]['id']} with itself; name two groups"
+                         f"{recent_groups()}")
     if not all(given):
         run, group = (specs[0], specs[1]) if given[1] else (specs[1], specs[0])
         raise UsageError(f"--compare: {group} is a group and {run} a single run; compare a group with a group "

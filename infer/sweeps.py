@@ -12,9 +12,9 @@ from utils.sweeps import read_sweep, require_optuna, storage_of, sweeps_dir
 
 def load_study(sweep_id: str):
     """The sweep's record and its Optuna study; an unknown id is exit 2 naming the sweeps there are."""
+    require_optuna()
     import optuna
 
-    require_optuna()
     info = read_sweep(sweeps_dir() / sweep_id) if RUN_ID_RE.match(sweep_id) else None
     if info is None:
         ids = sorted(p.name for p in sweeps_dir().iterdir())[-5:] if sweeps_dir().is_dir() else []

@@ -47,7 +47,7 @@ def test_folds_are_stratified_cover_every_sample_once_and_follow_split_seed():
 @pytest.mark.parametrize("args, words", [
     (("folds=1",), "folds: 1 fold"), (("fold=2",), "fold: 2 needs folds"), (("folds=3", "fold=3"), "must be below folds=3"),
     (("seeds=0,0",), "repeats a seed"), (("seeds=0,1", "batch_size=5000"), "batch_size: 5000"), (("folds=3000",), "folds: 3000"),
-    (("seeds=0,1", "resume=latest"), "drop resume"), (("seeds=a",), "seeds:"),
+    (("seeds=0,1", "resume=latest"), "drop resume"), (("seeds=0,1", "folds=3", "fold=1"), "drop fold=1"), (("seeds=a",), "seeds:"),
 ])
 def test_bad_group_keys_exit_2_before_anything_is_written(project, args, words):
     r = project.run("train.py", *args)
@@ -128,7 +128,8 @@ def test_group_refusals_exit_2_and_write_nothing(ab):
     before = project.snapshot()
     for args, words in (((a, other_seeds), "the seeds differ"), ((a, other_folds), "the folds differ"),
                         ((a, other_split), "fold assignments differ"), ((a, run), "is a group and"),
-                        ((run, a), "is a group and"), ((a,), "compare it with another group"), ((run,), "with itself")):
+                        ((run, a), "is a group and"), ((a,), "compare it with another group"), ((run,), "with itself"),
+                        ((a, a), "with itself")):
         r = project.run("inference.py", "--compare", *args, "inference_device=cpu")
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
     assert project.snapshot() == before
@@ -157,7 +158,8 @@ def test_list_and_index_fold_members_under_their_group(ab):
 @pytest.mark.slow
 def test_inference_on_a_group_evaluates_every_member(ab):
     project, a, _, _ = ab
-    r = project.run("inference.py", f"resume={a}", "inference_device=cpu")
+    colons = a[:10] + "_" + a[11:].replace("-", ":")  # the same id written with colons
+    r = project.run("inference.py", f"resume={colons}", "inference_device=cpu")
     assert r.returncode == 0 and "evaluated 6 of 6 members" in r.stdout, r.stderr
     for m in group_json(project, a)["members"]:
         metrics = json.loads((project.experiments / m["run"] / "inference" / "val_metrics.json").read_text())
@@ -201,3 +203,25 @@ def test_a_killed_member_continues_exactly_and_only_missing_members_train(projec
     from utils.stats import interval95
     rows = [read_metrics(project.experiments / m["run"])[-1] for m in g["members"]]
     assert g["aggregate"]["val_acc"] == interval95([row["val_acc"] for row in rows])
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_group_interrupted_and_the_same_command_continues_it(project):
+    import time
+    proc = project.popen("train.py", "seeds=0,1", "epochs=40")
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((project.experiments / r / "state.pt").exists() for r in project.run_ids()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    (gid,) = groups(project)
+    g = group_json(project, gid)
+    assert g["status"] == "interrupted", g["status"]
+    (member,) = project.run_ids()
+    assert project.info(member)["status"] == "interrupted" and project.info(member)["group"]["seed"] == 0
+    # continuing the member by hand keeps it in its group, so the group does not train it again
+    r = project.run("train.py", f"resume={member}", "epochs=40")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (tip,) = set(project.run_ids()) - {member}
+    assert project.info(tip)["group"] == project.info(member)["group"]

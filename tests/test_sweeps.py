@@ -187,3 +187,19 @@ def test_two_workers_share_one_study_on_a_real_postgresql_server(project):
     assert len({t.user_attrs["pid"] for t in trials}) == 2, "both workers took trials from the one study"
     assert sorted(trial_runs(project, sid)) == [0, 1, 2, 3]
     assert "postgresql://template:***@" in (project.experiments / "sweeps" / sid / "sweep.json").read_text()
+
+
+@pytest.mark.slow
+def test_grid_covers_its_grid_once(project):
+    path = sweep_file(project, "trials: 3\nsampler: grid\nfixed: {epochs: 1}\nspace:\n  lr: {choices: [0.001, 0.003, 0.01]}\n")
+    sid = run_sweep(project, path)
+    trials = study_of(project, sid).get_trials()
+    assert sorted(t.params["lr"] for t in trials) == [0.001, 0.003, 0.01] and all(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_a_sweep_whose_every_trial_fails_is_exit_1_and_a_bad_init_from_is_exit_2(project):
+    r = project.run("train.py", "--sweep", sweep_file(project, "trials: 1\n" + SPACE), "init_from=2020-01-01_00-00-00")
+    assert r.returncode == 2 and "init_from" in r.stderr and sweep_ids(project) == []
+    r = project.run("train.py", "--sweep", sweep_file(project, "trials: 2\nfixed: {batch_size: 4096}\n"
+                                                     "space: {lr: {log_uniform: [1.0e-3, 1.0e-2]}}\n"))
+    assert r.returncode == 1 and "every trial failed" in r.stderr and "batch_size" in r.stderr, r.stderr

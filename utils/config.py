@@ -363,6 +363,9 @@ def fold_problems(cfg: Config) -> list[str]:
         problems.append(f"fold: {cfg.fold} needs folds (the number of folds), e.g. folds=5 fold={cfg.fold}")
     elif cfg.fold is not None and cfg.fold >= cfg.folds:
         problems.append(f"fold: must be below folds={cfg.folds} (folds are numbered 0 to {cfg.folds - 1}), got {cfg.fold}")
+    if cfg.seeds and cfg.fold is not None:
+        problems.append(f"fold: a group of seeds trains every fold; drop fold={cfg.fold}, or drop seeds to train fold "
+                        f"{cfg.fold} alone")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         problems.append(f"seeds: {cfg.seeds} repeats a seed; give each seed once")
     if (cfg.seeds or (cfg.folds and cfg.fold is None)) and (cfg.resume is not None or cfg.init_from is not None):

@@ -75,9 +75,14 @@ def list_groups() -> list[dict]:
 
 def find_group(spec: Optional[str]) -> Optional[dict]:
     """The group whose id is `spec`, else None (then `spec` may be a run)."""
-    from utils.runstore import RUN_ID_RE
+    from utils.errors import UsageError
+    from utils.runstore import RUN_ID_RE, normalize_run_id
 
-    if not spec or not RUN_ID_RE.match(str(spec)) or not (groups_dir() / spec).is_dir():
+    try:  # an id as typed, or the same time written with colons
+        spec = normalize_run_id(str(spec)) if spec else None
+    except UsageError:
+        return None
+    if not spec or not RUN_ID_RE.match(spec) or not (groups_dir() / spec).is_dir():
         return None
     return read_group(groups_dir() / spec)
 

@@ -32,6 +32,7 @@ BEST_FILE = "best.safetensors"  # the best epoch's weights, beside model.safeten
 STATE_FILE = "state.pt"  # everything needed to continue the run exactly (train/checkpoint.py writes it)
 LABELS_FILE = "labels.json"  # tags and notes added after the run started (train.py --tag / --note)
 GROUPS = "groups"  # experiments/groups/<id>: a group of runs (seeds, folds), utils/groups.py
+SWEEPS = "sweeps"  # experiments/sweeps/<id>: a sweep, utils/sweeps.py
 TRASH = ".trash"  # experiments/.trash/<id>: runs moved away by train.py --delete
 
 
@@ -121,8 +122,8 @@ def recent_ids_hint(n: int = 5) -> str:
 
 def allocate_run_dir(experiments: Optional[Path] = None, under: str = "") -> tuple[str, Path, str]:
     """Create experiments/[under/]<local start time>[_N]/ and return (id, folder, start time in UTC).
-    mkdir is atomic, so two processes started in the same second get two folders. Runs and groups
-    (under="groups") share one space of ids, so that an id names one thing."""
+    mkdir is atomic, so two processes started in the same second get two folders. Runs, groups
+    (under="groups") and sweeps (under="sweeps") share one space of ids, so that an id names one thing."""
     experiments = experiments or EXPERIMENTS
     base = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:
@@ -130,7 +131,7 @@ def allocate_run_dir(experiments: Optional[Path] = None, under: str = "") -> tup
         with FileLock(experiments / STORE_LOCK):
             for n in range(1, 10_000):
                 run_id = base if n == 1 else f"{base}_{n}"
-                if (experiments / run_id).exists() or (experiments / GROUPS / run_id).exists():
+                if any((experiments / where / run_id).exists() for where in ("", GROUPS, SWEEPS)):
                     continue
                 try:
                     (experiments / under / run_id).mkdir()

@@ -22,10 +22,9 @@ from typing import Any, Optional
 from filelock import FileLock, Timeout
 
 from utils.errors import UsageError
-from utils.runstore import allocate_run_dir, list_runs, utc_now, write_json
+from utils.runstore import SWEEPS, allocate_run_dir, list_runs, utc_now, write_json
 from utils.sweepfile import SweepFile
 
-SWEEPS = "sweeps"
 INSTALL = "pip install -r requirements-sweeps.txt"
 SWEEP_FILE = "sweep.json"
 
@@ -36,8 +35,8 @@ def require_optuna(storage: Optional[str] = None) -> None:
         import optuna  # noqa: F401
     except ImportError:
         raise UsageError(f"--sweep needs optuna, which is not installed; {INSTALL}") from None
-    if storage and not any(importlib.util.find_spec(m) for m in ("psycopg", "psycopg2")):
-        raise UsageError(f"storage: PostgreSQL needs psycopg, which is not installed; {INSTALL}")
+    if storage and importlib.util.find_spec("psycopg") is None:
+        raise UsageError(f"storage: PostgreSQL needs psycopg (version 3), which is not installed; {INSTALL}")
 
 
 def sweeps_dir() -> Path:
@@ -78,9 +77,7 @@ def storage_of(file: SweepFile, folder: Path):
     if file.storage is None:
         path = str(folder / "journal.log")
         return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    url = file.storage
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None:
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]  # SQLAlchemy's default driver is psycopg2
+    url = file.storage.replace("postgresql://", "postgresql+psycopg://", 1)  # psycopg 3, not SQLAlchemy's default psycopg2
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as e:  # SQLAlchemy's OperationalError and friends: the message names the cause
@@ -94,8 +91,9 @@ def check_storage(file: SweepFile) -> None:
         storage_of(file, Path("."))
 
 
-def open_study(file: SweepFile, folder: Path, sweep_id: str, direction: str):
-    """The study named after the sweep, created or joined; joining with another search space is exit 2."""
+def open_study(file: SweepFile, folder: Path, sweep_id: str, direction: str, spec: dict):
+    """The study named after the sweep, created or joined; joining with another search space or other
+    fixed keys is exit 2."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -104,18 +102,23 @@ def open_study(file: SweepFile, folder: Path, sweep_id: str, direction: str):
         study = optuna.load_study(study_name=sweep_id, storage=storage, pruner=pruner_of(file))
     except KeyError:
         study = optuna.create_study(study_name=sweep_id, storage=storage, direction=direction, pruner=pruner_of(file))
-        study.set_user_attr("spec", file.canonical())
-    if study.user_attrs.get("spec") != file.canonical():
+        study.set_user_attr("spec", identity(file, spec))
+    if study.user_attrs.get("spec") != identity(file, spec):
         raise UsageError(f"--sweep-id {sweep_id}: that sweep exists with a different search space (or trials, metric, sampler, "
-                         "pruner, fixed keys); use the same file, or start a new sweep without --sweep-id")
+                         "pruner, fixed or KEY=VALUE keys); use the same file and keys, or start a new sweep without --sweep-id")
     return study
+
+
+def identity(file: SweepFile, spec: dict) -> str:
+    """What makes two sweeps the same: the file (without its storage) and every trial's fixed config."""
+    return json.dumps({"file": file.canonical(), "config": spec}, sort_keys=True, default=str)
 
 
 def pruner_of(file: SweepFile):
     import optuna
 
     if file.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)  # steps are epochs: from epoch 2
     if file.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner()
     return optuna.pruners.NopPruner()
@@ -130,9 +133,20 @@ def sampler_of(file: SweepFile, asked: int):
     seed = file.sampler_seed + asked
     if file.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if file.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_of(file), seed=seed)
+    if file.sampler == "grid":  # one shuffle of the grid for the whole sweep: trial n takes its n-th point
+        return grid_sampler_class()(grid_of(file), seed=file.sampler_seed)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+def grid_sampler_class():
+    import optuna
+
+    class SweepGrid(optuna.samplers.GridSampler):
+        """Optuna's grid, without its study.stop() once the grid is used up (that is for study.optimize;
+        the sweep counts its trials itself)."""
+        def after_trial(self, study, trial, state, values) -> None:
+            return None
+    return SweepGrid
 
 
 def grid_of(file: SweepFile) -> dict[str, list]:
@@ -191,7 +205,7 @@ def open_sweep(file: SweepFile, sweep_id: Optional[str], spec: dict, metric: str
     else:
         folder = sweeps_dir() / sweep_id
         folder.mkdir(parents=True, exist_ok=True)
-    study = open_study(file, folder, sweep_id, direction)
+    study = open_study(file, folder, sweep_id, direction, spec)
     info = found or {"id": sweep_id, "start_utc": utc_now(), "file": file.canonical(), "spec": spec, "metric": metric,
                      "direction": direction, "trials": file.trials, "storage": shown_url(file.storage) if file.storage else
                      "journal.log", "storage_url": file.storage, "finished": False}
@@ -234,13 +248,16 @@ def next_trial(sweep: Sweep) -> Optional[TrialTicket]:
     host = socket.gethostname()
     with sweep_lock(sweep):
         trials = sweep.study.get_trials(deepcopy=False)
-        for t in trials:
-            if t.state == TrialState.RUNNING and t.user_attrs.get("host") == host:
+        for t in trials:  # host None: its worker died between ask and naming its host (both happen under this lock)
+            if t.state == TrialState.RUNNING and t.user_attrs.get("host") in (host, None):
                 lock = sweep.trial_lock(t.number)
                 try:
                     lock.acquire()
                 except Timeout:
                     continue  # a live worker holds it
+                if sweep.study._storage.get_trial(t._trial_id).state != TrialState.RUNNING:
+                    lock.release()  # its worker told it and let go after our snapshot
+                    continue
                 return TrialTicket(optuna.trial.Trial(sweep.study, t._trial_id), t.number, dict(t.params), lock, True)
         if len(trials) >= sweep.file.trials:
             return None
