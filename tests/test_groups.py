@@ -181,9 +181,9 @@ def test_ensemble_predicts_with_the_mean_of_the_members(project, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_member_continues_exactly_and_only_missing_members_train(project):
-    args = (*GROUP, "checkpoint_every_steps=5")
+    args = ("seeds=0,1", "folds=2", "epochs=2", "checkpoint_every_steps=5")  # 15 steps an epoch
     whole = train_group(project, *args)
-    r = project.run("train.py", *args, env={"TEMPLATE_FAULT": "step:50"})  # member 2 (seed 0, fold 1), mid-epoch 1
+    r = project.run("train.py", *args, env={"TEMPLATE_FAULT": "step:38"})  # member 2 (seed 0, fold 1), mid-epoch 1
     assert r.returncode == -signal.SIGKILL
     (killed,) = set(groups(project)) - {whole}
     first = group_json(project, killed)["members"]
@@ -193,7 +193,7 @@ def test_a_killed_member_continues_exactly_and_only_missing_members_train(projec
     assert set(groups(project)) == {whole, killed}, "the same command continued the group"
     g = group_json(project, killed)
     new = set(project.run_ids()) - done_before
-    assert len(new) == 5 and g["members"][0]["run"] == first[0]["run"], "the finished member was not trained again"
+    assert len(new) == 3 and g["members"][0]["run"] == first[0]["run"], "the finished member was not trained again"
     tip = project.info(g["members"][1]["run"])
     assert tip["parent"]["id"] in done_before and tip["parent"]["step"] > 0, "continued from its state, mid-epoch"
     reference = {(m["seed"], m["fold"]): project.info(m["run"])["weights"]["sha256"] for m in group_json(project, whole)["members"]}
