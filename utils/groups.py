@@ -182,9 +182,10 @@ class GroupFolder:
 
     def refresh(self) -> dict:
         """Re-read the members from their run.json files; the aggregate over the finished ones."""
-        members = members_record(self.info, member_tips(self.id))
+        tips = member_tips(self.id)  # one pass over the run folders
+        members = members_record(self.info, tips)
         done = [m["run"] for m in members if m["status"] == "finished"]
-        model = next((t.get("model") for t in member_tips(self.id).values()), self.info.get("model"))
+        model = next((t.get("model") for t in tips.values()), self.info.get("model"))
         self.write(members=members, aggregate=aggregate(final_rows(done)), members_done=len(done), model=model)
         return self.info
 
