@@ -38,6 +38,7 @@ from utils.config import (
     saved_config,
     suggest,
     to_yaml,
+    yaml_value,
 )
 from utils.errors import Interrupted, RunFailure, UsageError, fault_point, run_main
 from utils.report import rewrite_index
@@ -85,7 +86,8 @@ def train_run(plan: Plan) -> int:
 
     task = plan.task  # what is specific to the task: tasks/<name>/
     device = prepare_machine(plan.cfg)
-    data = task.prepare_data(plan.cfg, load_data(plan.cfg))
+    data, plan.cfg = load_data(plan.cfg)
+    data = task.prepare_data(plan.cfg, data)
     model = build_model_for(plan, task, data)
     plan.cfg = cfg = resolve_auto(plan.cfg, device, model, task)  # as config.yaml will record it
     place_model(model, cfg, device)
@@ -209,9 +211,10 @@ def continuation_notes(ours: Config, parent_cfg: Config, child: Config) -> list[
     notes = []
     applied = [f"{k}={getattr(child, k)} (parent: {getattr(parent_cfg, k)})" for k in CONTINUATION_KEYS
                if k != "resume" and getattr(child, k) != getattr(parent_cfg, k)]
-    ignored = [f"{k}={getattr(ours, k)} (kept the parent's {getattr(parent_cfg, k)})"
+    ignored = [f"{k}={yaml_value(ours, k, getattr(ours, k))} (kept the parent's {getattr(parent_cfg, k)})"
                for k in dataclasses.asdict(ours) if k in fields_of(type(parent_cfg))
-               and k not in CONTINUATION_KEYS + LABEL_KEYS and getattr(ours, k) != getattr(parent_cfg, k)]
+               and k not in CONTINUATION_KEYS + LABEL_KEYS and getattr(ours, k) != getattr(parent_cfg, k)
+               and yaml_value(ours, k, getattr(ours, k)) != "auto"]  # `auto` asks for nothing: the parent resolved it
     if applied:
         notes.append("applied: " + ", ".join(applied))
     if ignored:
@@ -227,10 +230,8 @@ def prepare_machine(cfg: Config) -> torch.device:
     device = resolve_device(cfg.device)
     check_amp(cfg.amp, device)
     device = dist.setup(device)
-    world = dist.world_size()
-    if cfg.batch_size % (world * cfg.grad_accum_steps):
-        raise UsageError(f"batch_size: {cfg.batch_size} is not divisible by {world} processes x "
-                         f"grad_accum_steps {cfg.grad_accum_steps}; choose a multiple of {world * cfg.grad_accum_steps}")
+    if cfg.batch_size is not None:
+        check_batch_size(cfg, None)
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("tensorboard: the tensorboard package is not installed; pip install tensorboard, or set tensorboard: false")
     set_determinism(cfg.seed, cfg.deterministic, cfg.compile, device)
@@ -238,13 +239,29 @@ def prepare_machine(cfg: Config) -> torch.device:
 
 
 # ---------------------------------------------------------------- building
-def load_data(cfg: Config) -> Data:
+def load_data(cfg: Config) -> tuple[Data, Config]:
+    """The data, and the config with `batch_size: auto` resolved for its training split."""
+    from train.build import auto_batch_size
     from utils.dataloader import build_data
 
     data = build_data(cfg)
-    if len(data.train) < cfg.batch_size:
-        raise UsageError(f"batch_size: {cfg.batch_size} is larger than the {len(data.train)} training samples; lower it")
-    return data
+    auto = cfg.batch_size is None
+    if auto:
+        cfg = dataclasses.replace(cfg, batch_size=auto_batch_size(len(data.train)))
+    check_batch_size(cfg, len(data.train), auto)
+    return data, cfg
+
+
+def check_batch_size(cfg: Config, train_size: Optional[int], auto: bool = False) -> None:
+    """batch_size against the processes and accumulation, and against the training split once known."""
+    from utils import dist
+
+    world, said = dist.world_size(), f"batch_size: {cfg.batch_size}{' (what auto chose)' if auto else ''}"
+    if cfg.batch_size % (world * cfg.grad_accum_steps):
+        raise UsageError(f"{said} is not divisible by {world} processes x grad_accum_steps {cfg.grad_accum_steps}; "
+                         f"choose a multiple of {world * cfg.grad_accum_steps}")
+    if train_size is not None and train_size < cfg.batch_size:
+        raise UsageError(f"{said} is larger than the {train_size} training samples; lower it")
 
 
 def build_model_for(plan: Plan, task: Task, data: Data) -> torch.nn.Module:
@@ -317,7 +334,8 @@ def make_trainer(cfg: Config, task: Task, parts: TrainingParts, loaders: tuple, 
         tb = SummaryWriter(log_dir=str(run.folder / "tb"))
     return Trainer(cfg=cfg, phases=task.phases(cfg), validate_epoch=functools.partial(task.validate_epoch, cfg),
                    mode=task.modes[cfg.monitor], parts=parts, net=net, train_loader=loaders[0], val_loader=loaders[1],
-                   device=device, run=run, state=state, weights_meta=meta, tb=tb, judge=judge)
+                   device=device, run=run, state=state, weights_meta=meta, tb=tb, judge=judge,
+                   norm_forward=functools.partial(task.norm_forward, cfg))
 
 
 # ---------------------------------------------------------------- groups: seeds and folds

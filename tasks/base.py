@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
 
-from train.phases import Phase
+from train.phases import Batch, Phase
 from utils.config import Config
 from utils.errors import UsageError
 
@@ -93,6 +93,12 @@ class Task:
     def phases(self, cfg: Config) -> list[Phase]:
         """The losses of one training step, in order."""
         raise NotImplementedError
+
+    def norm_forward(self, cfg: Config, model: nn.Module, batch: Batch) -> None:
+        """One forward of the evaluated (unwrapped) model that shows its BatchNorm layers what they
+        see in training, for their statistics before validation (train/norm_stats.py). By default
+        the model on the training micro-batch."""
+        model(batch.x)
 
     def validate_epoch(self, cfg: Config, model: nn.Module, loader: Any, device: torch.device) -> dict:
         """The epoch's validation metrics of `model` (in eval mode) over this process's share of

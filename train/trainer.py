@@ -21,6 +21,7 @@ from train import checkpoint
 from train.build import ema_update
 from train.checkpoint import TrainingParts, TrainState
 from train.device import AMP_DTYPES
+from train.norm_stats import batchnorms, recompute_batchnorm
 from train.phases import Batch, Phase
 from utils import dist
 from utils.config import Config
@@ -62,11 +63,13 @@ class Trainer:
 
     def __init__(self, *, cfg: Config, phases: list[Phase], validate_epoch: Callable[[nn.Module, Any, torch.device], dict], mode: str,
                  parts: TrainingParts, net: nn.Module, train_loader, val_loader, device: torch.device, run: Optional[RunFolder],
-                 state: TrainState, weights_meta: dict, tb=None, judge: Optional[Callable[[dict], Optional[str]]] = None):
+                 state: TrainState, weights_meta: dict, tb=None, judge: Optional[Callable[[dict], Optional[str]]] = None,
+                 norm_forward: Optional[Callable[[nn.Module, Batch], None]] = None):
         self.cfg, self.parts, self.device, self.run = cfg, parts, device, run
         self.judge = judge  # sees each epoch's row; a reason to stop (a sweep's pruner) ends the run there, or None
         self.phases = phases      # the task's losses of a step (train/phases.py)
         self._validate_epoch = validate_epoch  # (model, val_loader, device) -> the task's validation metrics
+        self.norm_forward = norm_forward  # (model, batch): what BatchNorm sees in training (train/norm_stats.py); None: no recompute
         self.mode = mode          # which way cfg.monitor is better: max or min
         self.net = net  # parts.model, wrapped by DDP and/or torch.compile: what the loop calls
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -206,8 +209,30 @@ class Trainer:
         return {k: float(dist.all_reduce_sum(state.sums[k].clone())) / max(1, int(dist.all_reduce_sum(state.counts[k].clone())))
                 for k in state.sums}
 
+    def recompute_norm_stats(self) -> int:
+        """BatchNorm statistics of the weights about to be evaluated, exact over the epoch's first
+        bn_stats_samples training samples (train/norm_stats.py); returns how many samples."""
+        model, cfg, sampler = self.parts.eval_model(), self.cfg, self.sampler
+        if not cfg.bn_stats_samples or self.norm_forward is None or not batchnorms(model):
+            return 0
+        steps = max(1, -(-min(cfg.bn_stats_samples, sampler.n) // cfg.batch_size))
+        sampler.set_epoch(self.state.epoch, 0, steps)
+        accum, base = cfg.grad_accum_steps, self.state.global_step  # base: a step number no training step of this epoch drew from
+
+        batches = (Batch(to_device(x, self.device, self.channels_last), y.to(self.device, non_blocking=True), len(x),
+                         i % accum, base + i // accum) for i, (x, y) in enumerate(self.train_loader))
+
+        def forward(net: nn.Module, batch: Batch) -> None:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                self.norm_forward(net, batch)
+        try:
+            return recompute_batchnorm(model, batches, forward)
+        finally:
+            sampler.set_epoch(self.state.epoch, self.state.step)
+
     def validate_epoch(self) -> dict:
         """The task's validation metrics of the EMA weights when on, else of the model."""
+        self.recompute_norm_stats()
         model = self.parts.ema if self.parts.ema is not None else self.net
         model.eval()
         with torch.no_grad():

@@ -33,13 +33,14 @@ NAMED_DATASETS = DATASETS[1:5]  # read from files in data_dir
 
 def key(default: Any, help: str, *, choices: Optional[tuple] = None, at_least: Optional[float] = None,
         above: Optional[float] = None, below: Optional[float] = None, at_most: Optional[float] = None,
-        model: bool = False, auto: bool = False, triple: bool = False) -> Any:
+        model: bool = False, auto: bool = False, auto_int: bool = False, triple: bool = False) -> Any:
     """A config field: its default, its meaning (--help), and its checks (check_config applies them;
     on a list, to each element). model: the value is a key of model_dict. auto: a three-way setting,
     `auto | true | false`, held as None | True | False (None until resolved at the start of a run).
+    auto_int: `auto` or an integer, auto held as None until resolved at the start of a run.
     triple: a list of three integers, one integer standing for three equal ones."""
     checks = {"choices": choices, "at_least": at_least, "above": above, "below": below, "at_most": at_most,
-              "model": model, "auto": auto, "triple": triple}
+              "model": model, "auto": auto, "auto_int": auto_int, "triple": triple}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **checks})
     return field(default=default, metadata={"help": help, **checks})
@@ -52,7 +53,9 @@ class Config:
     device: str = key("auto", "training device: auto | cpu | cuda | cuda:N | mps")
     inference_device: str = key("auto", "device for inference.py only (set cpu to serve on CPU)")
     epochs: int = key(10, "total epochs of the run, counted across its resumed parents", at_least=1)
-    batch_size: int = key(64, "global batch per optimizer step, whatever the number of processes", at_least=1)
+    batch_size: Optional[int] = key(None, "global batch per optimizer step, whatever the number of processes; auto: 64, halved "
+                                    "(not below 4) until the training split gives at least 20 steps an epoch",
+                                    at_least=1, auto_int=True)
     lr: float = key(3e-3, "peak learning rate", above=0)
     optimizer: str = key("adamw", "sgd | adam | adamw", choices=("sgd", "adam", "adamw"))
     momentum: float = key(0.9, "momentum (sgd only)", at_least=0, below=1)
@@ -95,6 +98,9 @@ class Config:
     warmup_epochs: float = key(1.0, "linear learning-rate warmup, then the schedule", at_least=0)
     grad_clip: float = key(0.0, "clip the gradient norm of each optimizer's parameters to this (0: off); the norm before "
                            "clipping goes to metrics.csv", at_least=0)
+    bn_stats_samples: int = key(8192, "BatchNorm statistics are recomputed before each validation, for the weights evaluated, "
+                                "over the epoch's first this many training samples (all when fewer; 0: keep the running "
+                                "averages)", at_least=0)
     ema_decay: float = key(0.0, "EMA of the weights (e.g. 0.999; 0: off); evaluated and saved as the final weights when on",
                            at_least=0, below=1)
     monitor: str = key("auto", "the validation metric that picks the best epoch (best.safetensors): auto (the task's) or one of "
@@ -179,6 +185,8 @@ def element_type(cls: type, name: str) -> type:
 def _type_name(cls: type, name: str) -> str:
     if fields_of(cls)[name].metadata.get("auto"):
         return "auto, true or false"
+    if fields_of(cls)[name].metadata.get("auto_int"):
+        return "auto or an integer"
     base, optional = base_type(cls, name)
     if fields_of(cls)[name].metadata.get("triple"):
         text = "an integer or a list of three"
@@ -191,6 +199,8 @@ def convert(cls: type, name: str, value: Any) -> Any:
     """Convert a value read by yaml.safe_load to the key's declared type, or raise ValueError."""
     if fields_of(cls)[name].metadata.get("auto"):
         return _three_way(cls, name, value)
+    if fields_of(cls)[name].metadata.get("auto_int") and (value is None or str(value).lower() == "auto"):
+        return None
     base, optional = base_type(cls, name)
     if value is None:
         if optional:
@@ -333,7 +343,7 @@ def check_config(cfg: Config) -> list[str]:
     for name in ("device", "inference_device"):
         if not DEVICE_RE.match(getattr(cfg, name)):
             problems.append(f"{name}: '{getattr(cfg, name)}' is not auto | cpu | cuda | cuda:N | mps")
-    if cfg.batch_size % cfg.grad_accum_steps:
+    if cfg.batch_size is not None and cfg.batch_size % cfg.grad_accum_steps:
         problems.append(f"batch_size: {cfg.batch_size} is not a multiple of grad_accum_steps={cfg.grad_accum_steps}")
     if cfg.dataset in NAMED_DATASETS and not cfg.data_dir:
         problems.append(f"data_dir: dataset {cfg.dataset} needs data_dir, the folder of its files (with download: true, where they go)")
@@ -473,8 +483,9 @@ def changed_keys(cfg: Config) -> dict:
 
 
 def yaml_value(cfg_or_cls: Any, name: str, value: Any) -> Any:
-    """A value as config.yaml writes it: a three-way setting's None as `auto`."""
-    return "auto" if value is None and fields_of(cfg_or_cls)[name].metadata.get("auto") else value
+    """A value as config.yaml writes it: a three-way setting's (or an auto integer's) None as `auto`."""
+    m = fields_of(cfg_or_cls)[name].metadata
+    return "auto" if value is None and (m.get("auto") or m.get("auto_int")) else value
 
 
 def to_yaml(cfg: Config, header: str = "") -> str:

@@ -542,21 +542,25 @@ class EpochBatchSampler(Sampler):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world, self.accum = rank, world, accum
         self.micro = batch_size // (world * accum)
-        self.epoch, self.start_step = 0, 0
+        self.epoch, self.start_step, self.stop_step = 0, 0, None
 
     def steps_per_epoch(self) -> int:
         return self.n // self.batch_size
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        self.epoch, self.start_step = epoch, start_step
+    def set_epoch(self, epoch: int, start_step: int = 0, stop_step: Optional[int] = None) -> None:
+        """Steps [start_step, stop_step) of `epoch` (stop_step None: to the epoch's end)."""
+        self.epoch, self.start_step, self.stop_step = epoch, start_step, stop_step
+
+    def _stop(self) -> int:
+        return self.steps_per_epoch() if self.stop_step is None else min(self.stop_step, self.steps_per_epoch())
 
     def __len__(self) -> int:
-        return (self.steps_per_epoch() - self.start_step) * self.accum
+        return max(0, self._stop() - self.start_step) * self.accum
 
     def __iter__(self) -> Iterator[list]:
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))).tolist()
         chunk = self.batch_size // self.accum
-        for s in range(self.start_step, self.steps_per_epoch()):
+        for s in range(self.start_step, self._stop()):
             for a in range(self.accum):
                 lo = s * self.batch_size + a * chunk + self.rank * self.micro
                 yield [(self.epoch, p) for p in order[lo:lo + self.micro]]

@@ -11,10 +11,11 @@ place in the lower layers that names the tasks of those days (the layout test al
 | --- | --- |
 | 0 -> 1 | the training recipe: label smoothing and warmup were added, and small_cnn was redesigned |
 | 1 -> 2 | tasks: config.yaml holds its task's keys only; channels_last is a bool; state.pt: optimizers by name, sums per metric |
+| 2 -> 3 | BatchNorm statistics recomputed before each validation (`bn_stats_samples`); batch_size may be `auto` |
 """
 from typing import Any
 
-RUN_FORMAT = 2    # run.json and the config.yaml beside it
+RUN_FORMAT = 3    # run.json and the config.yaml beside it
 STATE_FORMAT = 2  # state.pt
 
 
@@ -52,6 +53,8 @@ def upgrade_config(values: dict, fmt: int) -> dict:
         values = config_0_to_1(values)
     if fmt < 2:
         values = config_1_to_2(values)
+    if fmt < 3:
+        values = config_2_to_3(values)
     return values
 
 
@@ -73,6 +76,11 @@ def config_1_to_2(values: dict) -> dict:
     if isinstance(values.get("augment"), bool):
         values["augment"] = BOOLEAN_AUGMENT[values["augment"]]
     return values
+
+
+def config_2_to_3(values: dict) -> dict:
+    """Before bn_stats_samples, BatchNorm kept its running averages: a continuation does the same."""
+    return {"bn_stats_samples": 0, **values}
 
 
 # ---------------------------------------------------------------- state.pt

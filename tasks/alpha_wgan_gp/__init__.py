@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 from tasks.alpha_wgan_gp.config import AlphaWganGpConfig
 from tasks.base import Task
-from train.phases import Phase
+from train.phases import Batch, Phase
 
 if TYPE_CHECKING:
     import torch
@@ -84,6 +84,11 @@ class AlphaWganGp(Task):
         return [Phase("critic", lambda nets, batch: critic_loss(cfg, nets, batch), moves_ema=False),
                 Phase("code_critic", lambda nets, batch: code_critic_loss(cfg, nets, batch), moves_ema=False),
                 Phase("autoencoder", lambda nets, batch: autoencoder_loss(cfg, nets, batch))]
+
+    def norm_forward(self, cfg: AlphaWganGpConfig, model: nn.Module, batch: Batch) -> None:
+        from tasks.alpha_wgan_gp.training import norm_forward
+
+        norm_forward(cfg, model, batch)
 
     def validate_epoch(self, cfg: AlphaWganGpConfig, model: nn.Module, loader, device: torch.device) -> dict:
         from tasks.alpha_wgan_gp.training import validate

@@ -108,6 +108,21 @@ def autoencoder_loss(cfg: AlphaWganGpConfig, nets: nn.Module, batch: Batch) -> t
 
 
 @torch.no_grad()
+def norm_forward(cfg: AlphaWganGpConfig, nets: nn.Module, batch: Batch) -> None:
+    """What the BatchNorm layers see in training, for their statistics (train/norm_stats.py): the
+    encoder on the real volumes, the generator on codes drawn for the purpose, and each critic on
+    its input where it has BatchNorm (critic_norm: batch)."""
+    from train.norm_stats import batchnorms
+
+    nets.encoder(batch.x)
+    z = codes(cfg, batch, "norm_stats", batch.x.device)
+    nets.generator(z)
+    if batchnorms(nets.critic):
+        nets.critic(batch.x)
+    if batchnorms(nets.code_critic):
+        nets.code_critic(z)
+
+
 def validate(cfg: AlphaWganGpConfig, nets: nn.Module, loader, device: torch.device) -> dict:
     """The epoch's measures (measure.py), on the held-out volumes and as many generated ones (codes of
     (seed, "validation"), the same every epoch): val_l1 and val_ssim of the volumes through E then G

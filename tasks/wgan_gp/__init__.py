@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 from tasks.base import Task
 from tasks.wgan_gp.config import WganGpConfig
-from train.phases import Phase
+from train.phases import Batch, Phase
 
 if TYPE_CHECKING:
     import torch
@@ -102,6 +102,11 @@ class WganGp(Task):
 
         return [Phase("critic", lambda pair, batch: critic_loss(cfg, pair, batch), moves_ema=False),
                 Phase("generator", lambda pair, batch: generator_loss(cfg, pair, batch), every=cfg.n_critic, uses_data=False)]
+
+    def norm_forward(self, cfg: WganGpConfig, model: nn.Module, batch: Batch) -> None:
+        from tasks.wgan_gp.training import norm_forward
+
+        norm_forward(cfg, model, batch)
 
     def validate_epoch(self, cfg: WganGpConfig, model: nn.Module, loader, device: torch.device) -> dict:
         """val_wdist, and val_fd when fid_features names a classifier."""

@@ -89,6 +89,18 @@ def generator_loss(cfg: WganGpConfig, pair: nn.Module, batch: Batch) -> tuple[to
     return loss, {"gen_loss": loss}
 
 
+def norm_forward(cfg: WganGpConfig, pair: nn.Module, batch: Batch) -> None:
+    """What the BatchNorm layers see in training, for their statistics (train/norm_stats.py): the
+    generator on this micro-batch's rows of a global batch of codes drawn for the purpose, and the
+    critic on the real images where it has BatchNorm (DCGAN's critic has none)."""
+    from train.norm_stats import batchnorms
+
+    codes = latent(cfg, cfg.batch_size, stream(cfg.seed, batch.step, "norm_stats"))
+    pair.generator(rows_of_micro_batch(codes, batch.size, batch.index).to(batch.x.device))
+    if batchnorms(pair.critic):
+        pair.critic(batch.x)
+
+
 def validate(cfg: WganGpConfig, pair: nn.Module, loader, device: torch.device) -> dict:
     """val_wdist: the critic's estimate of the Wasserstein distance between the validation images
     and as many generated ones (codes from sample_seed)."""
