@@ -103,3 +103,41 @@ def test_alpha_gan_trains_and_continues_under_two_processes(project):
     r = torchrun(project, 2, f"resume={run_id}", "epochs=2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert project.info(project.run_ids()[-1])["epochs_done"] == 2
+
+
+def test_batchnorm_statistics_pool_every_process(project):
+    """small_cnn (BatchNorm) under two processes: the statistics recomputed before validation are the
+    exact statistics over both processes' micro-batches (each normalised by its own batch, as in
+    training), the same on each process: recomputed here from both ranks' batches, they equal the
+    saved ones, and inference.py in one process measures exactly the val_acc the run recorded."""
+    import torch
+
+    from tasks import configs, task_dict
+    from train.norm_stats import batchnorms, recompute_batchnorm
+    from train.phases import Batch
+    from utils.config import saved_config
+    from utils.dataloader import EpochBatchSampler, build_data
+
+    r = torchrun(project, 2, "device=cpu", "epochs=1", "amp=none")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (run_id,) = project.run_ids()
+    info = project.info(run_id)
+    r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu")
+    assert r.returncode == 0 and f"{info['metrics']['val_acc']:.4f}" in r.stdout, r.stdout + r.stderr
+    cfg = saved_config(info["config"], configs, info["format"])
+    task, data = task_dict[cfg.task](), build_data(cfg)
+    data.train.augment = task.augmentation(cfg, data.info)
+    saved = weights(project, run_id)
+    model = task.build_model(cfg, data.info)
+    model.load_state_dict(saved)
+    batches = []
+    for rank in (0, 1):
+        sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed, rank, 2)
+        sampler.set_epoch(0, 0, sampler.steps_per_epoch())  # 1,437 samples < bn_stats_samples: the whole epoch
+        batches += [Batch(data.train.__getitems__(keys)[0], None, len(keys), 0, 0) for keys in sampler]
+    with torch.no_grad():
+        recompute_batchnorm(model, batches, lambda m, b: m(b.x))
+    assert len(batchnorms(model)) > 0
+    for name, buffer in model.state_dict().items():
+        if "running" in name:
+            assert torch.allclose(buffer, saved[name], rtol=1e-4, atol=1e-5), name

@@ -132,10 +132,9 @@ def test_train_resume_and_predict_on_volumes(project, tmp_path):
     on) gives the same weights with num_workers 0 and 2; --input predicts on a .nii.gz file and folder;
     a 2D model on volumes is exit 2 with nothing written."""
     root = make_volumes(tmp_path / "data")
-    args = ("dataset=volume_folder", f"data_dir={root}", "volume_size=16", "batch_size=8",
-            "val_fraction=0.25", "epochs=6", "lr=0.01")
+    args = ("dataset=volume_folder", f"data_dir={root}", "volume_size=16", "val_fraction=0.25", "epochs=6")  # batch_size: auto (4)
     before = project.snapshot()
-    r = project.run("train.py", *args[:2], "base_model=mlp", "volume_size=16", "batch_size=8")
+    r = project.run("train.py", *args[:2], "base_model=mlp", "volume_size=16")
     assert r.returncode == 2 and "mlp is a 2D model" in r.stderr and project.snapshot() == before, r.stderr
     run_id = project.train(*args)
     info = project.info(run_id)
