@@ -67,12 +67,14 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[Batch], forward: Cal
 def _recorder(moments: torch.Tensor) -> Callable:
     """A forward pre-hook that adds its BatchNorm's input to `moments` ([sums, sums of squares, count])."""
     def record(module: _BatchNorm, inputs: tuple) -> None:
-        x = inputs[0].detach().double()  # (N, C, *spatial) or (N, C)
+        x = inputs[0].detach().float()  # (N, C, *spatial) or (N, C)
         dims = [d for d in range(x.ndim) if d != 1]
-        c = x.shape[1]
-        moments[:c] += x.sum(dims)
-        moments[c:2 * c] += (x * x).sum(dims)
-        moments[2 * c] += x.numel() // c
+        c, n = x.shape[1], x.numel() // x.shape[1]
+        # the batch's own mean and variance (one fused float32 pass), added as float64 sums
+        var, mean = (t.double() for t in torch.var_mean(x, dim=dims, correction=0))
+        moments[:c] += n * mean
+        moments[c:2 * c] += n * (var + mean * mean)
+        moments[2 * c] += n
     return record
 
 
