@@ -331,7 +331,10 @@ def make_trainer(cfg: Config, task: Task, parts: TrainingParts, loaders: tuple, 
     tb = None
     if run is not None and cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
-        tb = SummaryWriter(log_dir=str(run.folder / "tb"))
+        try:
+            tb = SummaryWriter(log_dir=str(run.folder / "tb"))
+        except Exception as e:  # noqa: BLE001 - a side output never fails the run
+            run.warn(f"TensorBoard could not write to {run.folder / 'tb'} ({type(e).__name__}: {e}); metrics.csv holds the figures")
     return Trainer(cfg=cfg, phases=task.phases(cfg), validate_epoch=functools.partial(task.validate_epoch, cfg),
                    mode=task.modes[cfg.monitor], parts=parts, net=net, train_loader=loaders[0], val_loader=loaders[1],
                    device=device, run=run, state=state, weights_meta=meta, tb=tb, judge=judge,
@@ -654,10 +657,10 @@ def fit_and_finish(trainer: Trainer, task: Task, run: Optional[RunFolder], cfg: 
                              f"python train.py resume={run.id} epochs={cfg.epochs}") from e
         raise
     finally:
-        if trainer.tb is not None:
-            trainer.tb.close()
-        if run is not None:
-            rewrite_index()
+        trainer.close_tensorboard()
+        problem = rewrite_index(say=not finished) if run is not None else None
+        if problem and finished:  # a side output: recorded with the finished run
+            run.warn(problem)
         trainer.net = None  # the DDP wrappers (and their reducers) go before the process group they use
         gc.collect()
         dist.teardown(finished)
@@ -673,7 +676,10 @@ def finish(run: RunFolder, trainer: Trainer, summary: str) -> None:
     fault_point("weights")
     weights = run.folder / "model.safetensors"
     write_weights(weights, trainer.parts.eval_model(), trainer.weights_meta)
-    plot_curves(trainer.history, run.folder / "curves.png", title=f"run {run.id} ({run.info['model']})")
+    try:  # a side output: a picture that cannot be drawn never fails the trained run
+        plot_curves(trainer.history, run.folder / "curves.png", title=f"run {run.id} ({run.info['model']})")
+    except Exception as e:  # noqa: BLE001 - whatever the plotting library raises
+        run.warn(f"curves.png could not be drawn ({type(e).__name__}: {e}); metrics.csv holds the figures")
     run.log(f"finished run {run.id}: {summary}; weights in experiments/{run.id}/model.safetensors")
     fault_point("final")
     run.finish(weights, metrics=recorded(trainer.history[-1]))

@@ -292,12 +292,24 @@ class Trainer:
         """The epoch's line in train.log, and its scalars in TensorBoard."""
         scalars = {k: v for k, v in row.items() if k not in ("epoch", "seconds")}
         if self.tb is not None:
-            for key, value in scalars.items():
-                self.tb.add_scalar(key, value, row["epoch"])
-            self.tb.flush()
+            try:
+                for key, value in scalars.items():
+                    self.tb.add_scalar(key, value, row["epoch"])
+                self.tb.flush()
+            except Exception as e:  # noqa: BLE001 - a side output never fails the run
+                self.close_tensorboard()
+                if self.run is not None:
+                    self.run.warn(f"TensorBoard could not be written ({type(e).__name__}: {e}); metrics.csv holds the figures")
         if self.run is not None:
             shown = [f"{k} {v:.2e}" if k.startswith("lr") else f"{k} {v:.4f}" for k, v in scalars.items()]
             self.run.log(f"epoch {row['epoch']}/{self.cfg.epochs}  " + "  ".join(shown) + f"  {row['seconds']:.1f}s")
+
+    def close_tensorboard(self) -> None:
+        """Close the TensorBoard writer (if any); a writer that cannot close is dropped."""
+        tb, self.tb = self.tb, None
+        if tb is not None:
+            with contextlib.suppress(Exception):
+                tb.close()
 
     def _progress_bar(self) -> tqdm:
         """A bar on a terminal only (never in logs), drawn by rank 0."""

@@ -26,6 +26,9 @@ class Interrupted(Exception):
 def run_main(main: Callable[[], int]) -> None:
     """Run `main` and exit with the contract's status; one line on stderr, no traceback
     unless TEMPLATE_DEBUG=1."""
+    from utils.streams import guard_streams
+
+    guard_streams()  # a closed stdout or stderr never fails the command (utils/streams.py)
     debug = os.environ.get("TEMPLATE_DEBUG", "") not in ("", "0")
     try:
         code = main()

@@ -3,7 +3,9 @@ scripts from elsewhere). A table sortable by clicking a column, each run's curve
 as SVG from its metrics.csv, links to its folder and A/B reports, and the lineage of continued
 runs. Written at the end of every run and by inference.py --report."""
 import datetime
+import errno
 import html
+import stat
 from pathlib import Path
 from typing import Optional
 
@@ -55,6 +57,9 @@ SCRIPT = """
 def write_index(experiments: Optional[Path] = None) -> Path:
     """Write experiments/index.html for every run in the store; returns its path."""
     experiments = experiments or runstore.EXPERIMENTS
+    path = experiments / INDEX
+    if path.exists() and not path.stat().st_mode & stat.S_IWUSR:  # made read-only by its owner: left as it is
+        raise PermissionError(errno.EACCES, "it is read-only", str(path))
     runs = list_runs(experiments)
     rows = "\n".join(table_rows(runs, list_groups(), experiments))
     heads = "".join(f'<th data-type="{"num" if c in NUMERIC else "text"}">{c}</th>' for c in COLUMNS)
@@ -65,17 +70,21 @@ def write_index(experiments: Optional[Path] = None) -> Path:
             f'<input id="filter" placeholder="filter: id, name, tag, key=value ...">\n'
             f'<table id="runs"><thead><tr>{heads}</tr></thead><tbody>\n{rows}\n</tbody></table>\n'
             f"<h2>Lineage</h2>\n{lineage(runs)}\n<script>{SCRIPT}</script>\n</body></html>\n")
-    path = experiments / INDEX
     write_text(path, page)
     return path
 
 
-def rewrite_index() -> None:
-    """write_index after something changed; a failure to write it never fails what came before."""
+def rewrite_index(say: bool = True) -> Optional[str]:
+    """write_index after something changed; a failure to write it never fails what came before: it
+    is said on stderr (unless `say` is off: the caller records it) and returned, else None."""
     try:
         write_index()
     except OSError as e:
-        print(f"note: could not write experiments/index.html ({e.strerror})")
+        problem = f"experiments/index.html could not be rewritten ({e.strerror or e}); python train.py --list shows the runs"
+        if say:
+            print(f"note: {problem}")
+        return problem
+    return None
 
 
 def table_rows(runs: list[dict], groups: list[dict], experiments: Path) -> list[str]:

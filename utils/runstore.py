@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -20,6 +21,7 @@ from filelock import FileLock, Timeout
 
 from utils.config import LABEL_RE, ROOT
 from utils.errors import RunFailure, UsageError, fault_point
+from utils.streams import lost_streams
 from utils.upgrade import upgrade_run
 
 EXPERIMENTS = ROOT / "experiments"
@@ -310,10 +312,24 @@ class RunFolder:
         return run
 
     def log(self, message: str) -> None:
-        """Print a line and keep it in train.log."""
+        """Print a line and keep it in train.log. Printing never fails the run (utils/streams.py):
+        a stream that could not be written is recorded once as a warning."""
         print(message, flush=True)
         if not self.log_file.closed:
             self.log_file.write(message + "\n")
+        for reason in lost_streams():
+            self.warn(reason)
+
+    def warn(self, message: str) -> None:
+        """A side output (what is printed, a picture, TensorBoard, the index page) failed: said once
+        on stderr, in train.log and in run.json's `warnings`; the run goes on."""
+        warnings = self.info.get("warnings") or []
+        if message in warnings:
+            return
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+        if not self.log_file.closed:
+            self.log_file.write(f"warning: {message}\n")
+        self.write_info(warnings=[*warnings, message], readonly=self.info.get("status") == "finished")
 
     def write_info(self, readonly: bool = False, **fields) -> None:
         self.info.update(fields, updated_utc=utc_now())
