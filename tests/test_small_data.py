@@ -194,9 +194,14 @@ def test_left_or_right_blobs_never_dip_once_learned(project, tmp_path):
 @pytest.mark.slow
 def test_a_small_image_folder_shows_no_gap(project, tmp_path):
     """About 100 images (80 to train) at the defaults: batch_size auto, and eval mode measures what train mode does."""
-    from tests.conftest import make_image_folder
+    from PIL import Image
 
-    root = make_image_folder(tmp_path / "images", classes=("a", "b", "c"), per_class=34, size=16)
+    rng, root = np.random.default_rng(0), tmp_path / "images"
+    for c, name in enumerate(("dark", "mid", "bright")):  # 34 noisy 16-px images a class, told apart by brightness
+        (root / name).mkdir(parents=True)
+        for i in range(34):
+            pixels = np.clip(rng.normal(40 + 85 * c, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
     run_id = project.train("dataset=image_folder", f"data_dir={root}")
     info = project.info(run_id)
     assert info["config"]["batch_size"] == 4 and info["metrics"]["val_acc"] >= 0.95, metrics(project, run_id)
