@@ -107,7 +107,6 @@ def autoencoder_loss(cfg: AlphaWganGpConfig, nets: nn.Module, batch: Batch) -> t
     return loss, {"eg_loss": loss, "train_l1": l1}
 
 
-@torch.no_grad()
 def norm_forward(cfg: AlphaWganGpConfig, nets: nn.Module, batch: Batch) -> None:
     """What the BatchNorm layers see in training, for their statistics (train/norm_stats.py): the
     encoder on the real volumes, the generator on codes drawn for the purpose, and each critic on
@@ -123,6 +122,7 @@ def norm_forward(cfg: AlphaWganGpConfig, nets: nn.Module, batch: Batch) -> None:
         nets.code_critic(z)
 
 
+@torch.no_grad()
 def validate(cfg: AlphaWganGpConfig, nets: nn.Module, loader, device: torch.device) -> dict:
     """The epoch's measures (measure.py), on the held-out volumes and as many generated ones (codes of
     (seed, "validation"), the same every epoch): val_l1 and val_ssim of the volumes through E then G
