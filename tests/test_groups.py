@@ -181,9 +181,9 @@ def test_ensemble_predicts_with_the_mean_of_the_members(project, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_member_continues_exactly_and_only_missing_members_train(project):
-    args = ("seeds=0,1", "folds=2", "epochs=2", "checkpoint_every_steps=5")  # 15 steps an epoch
+    args = ("seeds=0,1", "folds=2", "epochs=2", "checkpoint_every_steps=5")  # batch_size auto: 32, 28 steps an epoch
     whole = train_group(project, *args)
-    r = project.run("train.py", *args, env={"TEMPLATE_FAULT": "step:38"})  # member 2 (seed 0, fold 1), mid-epoch 1
+    r = project.run("train.py", *args, env={"TEMPLATE_FAULT": "step:64"})  # member 2 (seed 0, fold 1), mid-epoch 1
     assert r.returncode == -signal.SIGKILL
     (killed,) = set(groups(project)) - {whole}
     first = group_json(project, killed)["members"]
