@@ -11,45 +11,47 @@
     python inference.py --report                         write experiments/index.html, a page of all runs
     python inference.py --sweep <sweep id>               the report of a sweep: best trial, every trial, importances, plots
 
-torch and what needs it are imported inside the functions that use them, so that --list and
---help answer at once.
+Where each command lives: --list store/listing.py, --report store/page.py, --sweep sweeps/, a group
+(resume=<group id>, --compare GROUP_A GROUP_B) groups/, a run's evaluation, prediction, A/B and
+export its task (tasks/<name>/). torch is imported inside the functions that use it, so that --list
+and --help answer at once.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Optional
 
 from tasks import configs
 from utils.config import load_config, make_parser, parse_args, shared_config
 from utils.errors import RunFailure, UsageError, run_main
+from utils.features import features
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_arguments(argv)
     if args.list:
-        from utils.listing import list_command
+        from store.listing import list_command
         return list_command(args.overrides, args.sort, args.json, configs)
-    if args.sweep:
-        from infer.sweeps import sweep_report
-        return sweep_report(args.sweep)
     if args.report:
-        from utils.report import write_index
+        from store.page import write_index
         print(f"wrote {write_index()}")
         return 0
-    shared = shared_config(args.config, args.overrides, configs)  # which run(s): then their task says which keys apply
+    shared = functools.cache(lambda: shared_config(args.config, args.overrides, configs))  # which run(s): their task says which keys apply
+    for feature in features():  # --sweep ID, then groups: --compare GROUP_A GROUP_B, resume=<group id>
+        if feature.infer is not None and (code := feature.infer(args, shared)) is not None:
+            return code
     if args.export and "onnx" in args.export:
         from infer.onnx_backend import require_onnx
         require_onnx()  # the install command comes first: nothing else can be fixed without it
+    return compare(args, shared()) if args.compare else use_run(args, shared())
+
+
+def use_run(args: argparse.Namespace, shared) -> int:
+    """Evaluate the run `resume` selects, predict with it on --input, or export it."""
     from infer.runs import select_run
     from tasks import task_of
 
-    if args.compare:
-        return compare(args, shared)
-    from utils.groups import find_group
-
-    group = find_group(shared.resume)
-    if group is not None:
-        return use_group(args, group)
     run = select_run(shared.resume)
     task = task_of(run)
     cfg = load_config(args.config, args.overrides, configs, task.name)
@@ -65,42 +67,17 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def compare(args: argparse.Namespace, shared) -> int:
-    """--compare: two groups (paired by seed and fold), or two runs (the task's A/B report); then the index."""
-    from infer.groups import compare_groups, group_pair
+    """--compare: two runs on the same samples (the task's A/B report); then the index."""
     from infer.report import select_pair
+    from store.page import rewrite_index
     from tasks import task_of
-    from utils.report import rewrite_index
 
-    groups = group_pair(args.compare)
-    if groups is not None:
-        if args.input:
-            raise UsageError("--input: two groups are compared member by member on their own held-out samples; drop --input")
-        code = compare_groups(*groups)
-    else:
-        run_a, run_b, backends = select_pair(shared, args.compare)
-        task = task_of(run_a, run_b)
-        cfg = load_config(args.config, args.overrides, configs, task.name)
-        code = task.compare(cfg, run_a, run_b, backends, args.input)
+    run_a, run_b, backends = select_pair(shared, args.compare)
+    task = task_of(run_a, run_b)
+    cfg = load_config(args.config, args.overrides, configs, task.name)
+    code = task.compare(cfg, run_a, run_b, backends, args.input)
     rewrite_index()  # its reports column links the new report
     return code
-
-
-def use_group(args: argparse.Namespace, group: dict) -> int:
-    """resume=<group id>: evaluate every finished member, or with --input predict with their ensemble."""
-    from tasks import task_dict
-    from utils.groups import finished_members
-
-    if args.export:
-        raise UsageError(f"--export: {group['id']} is a group; export one member: resume=<member run id> (--list group={group['id']})")
-    task = task_dict[group["task"]]()
-    cfg = load_config(args.config, args.overrides, configs, task.name)
-    runs = finished_members(group)
-    if args.input:
-        return task.predict_ensemble(cfg, group, runs, args.input)
-    for run in runs:
-        task.evaluate_run(cfg, run, None)
-    print(f"group {group['id']}: evaluated {len(runs)} of {len(group['plan'])} members; group.json holds their aggregate")
-    return 0
 
 
 def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -112,9 +89,10 @@ def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--export", nargs="+", metavar="FORMAT", help="onnx and/or pt2: export the run resume selects to "
                         "experiments/<id>/export/ (model.onnx, model.pt2, preprocess.json, parity.json, export.json), "
                         "checking parity with the eager model")
-    parser.add_argument("--sweep", metavar="ID", help="the report of a sweep (train.py --sweep): best trial and config, every "
-                        "trial, parameter importances, plots; written to experiments/sweeps/<ID>/")
     parser.add_argument("--report", action="store_true", help="write experiments/index.html: every run on one page, no server needed")
+    for feature in features():
+        if feature.infer_options is not None:
+            feature.infer_options(parser)
     args = parse_args(parser, argv)
     if args.compare:  # --compare A [B] also swallows the KEY=VALUE words after it
         args.overrides += [w for w in args.compare if "=" in w]

@@ -29,15 +29,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench import interleaved, record, trainer_epoch  # noqa: E402
+from data.loading import EpochBatchSampler, EvalBatchSampler, build_data, info_from_run, make_loader  # noqa: E402
 from model.alpha_gan import AlphaCritic, AlphaEncoder, AlphaGenerator, CodeCritic  # noqa: E402
 from tasks.alpha_wgan_gp import AlphaWganGp  # noqa: E402
 from tasks.alpha_wgan_gp.config import AlphaWganGpConfig  # noqa: E402
 from tasks.alpha_wgan_gp.training import AlphaGan  # noqa: E402
-from tasks.base import resolve_auto  # noqa: E402
 from train.checkpoint import TrainState  # noqa: E402
 from train.device import set_determinism  # noqa: E402
+from train.run import resolve_auto  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
-from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, info_from_run, make_loader  # noqa: E402
 
 
 # ---------------------------------------------------------------- the hand-written iteration

@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tasks.base import resolve_auto  # noqa: E402
+from data.augment import AUTO_POLICY, Augment  # noqa: E402
+from data.loading import EpochBatchSampler, EvalBatchSampler, build_data, make_loader  # noqa: E402
 from tasks.classify import Classify  # noqa: E402
 from tasks.classify.config import ClassifyConfig as Config  # noqa: E402
 from tasks.classify.training import build_classifier as build_model  # noqa: E402
@@ -32,9 +33,8 @@ from train import checkpoint  # noqa: E402
 from train.build import build_optimizer, build_scheduler  # noqa: E402
 from train.checkpoint import TrainingParts, TrainState  # noqa: E402
 from train.device import AMP_DTYPES, set_determinism  # noqa: E402
+from train.run import resolve_auto  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
-from utils.augment import AUTO_POLICY, Augment  # noqa: E402
-from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, make_loader  # noqa: E402
 
 ROWS: list[tuple] = []  # (figure, template, baseline, ratio, target)
 
@@ -268,7 +268,7 @@ def bench_state(reps: int) -> None:
 def bench_store(reps: int) -> None:
     """4. Putting a finished run with 1 GB of weights in place, against copying the file;
     --list over 100 runs."""
-    import utils.runstore as rs
+    import store.runs as rs
 
     tmp = Path(tempfile.mkdtemp(dir=ROOT / "bench"))
     try:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from utils.brain import DEFAULT_SIDE, brain_patches  # noqa: E402
+from data.brain import DEFAULT_SIDE, brain_patches  # noqa: E402
 
 
 def logistic_baseline() -> tuple[float, float]:

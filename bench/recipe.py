@@ -40,15 +40,15 @@ def say(line: str) -> None:
 def template_epoch(n: int):
     """One epoch of the template's Trainer on its defaults for Fashion-MNIST (first n images), as a
     callable, and the number of images it trains on."""
-    from tasks.base import resolve_auto
+    from data.augment import Augment
+    from data.loading import EpochBatchSampler, EvalBatchSampler, build_data, make_loader
     from tasks.classify import Classify
     from tasks.classify.config import ClassifyConfig as Config
     from tasks.classify.training import build_classifier as build_model
     from train.build import build_optimizer, build_scheduler
     from train.checkpoint import TrainingParts, TrainState
+    from train.run import resolve_auto
     from train.trainer import Trainer
-    from utils.augment import Augment
-    from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, make_loader
 
     cfg = Config(dataset="fashion_mnist", data_dir=FASHION, epochs=15)  # the defaults: batch 64
     data = build_data(cfg)
@@ -78,7 +78,7 @@ def png_folder(n: int, root: Path) -> Path:
     """The first n Fashion-MNIST training images as PNG files in class folders (as a user would have them)."""
     from PIL import Image
 
-    from utils.named_datasets import load_named
+    from data.named import load_named
 
     d = load_named("fashion_mnist", FASHION)
     for i in range(n):
@@ -120,9 +120,9 @@ def torchvision_reference_epoch(root: Path, reps: int, workers: int) -> float:
 def hand_written_epoch(n: int):
     """One epoch of the best plain loop (uint8 in memory, batched crop+flip, bf16 autocast,
     channels_last), as a callable, and the number of images it trains on."""
+    from data.named import load_named
     from model import model_dict
     from train.device import native_bf16
-    from utils.named_datasets import load_named
 
     d = load_named("fashion_mnist", FASHION)
     x_all, y_all = d.train_x[:n], d.train_y[:n]

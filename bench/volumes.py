@@ -8,7 +8,7 @@ writes bench/volumes.md.
 1. Loader, on one folder of NIfTI files made from the MNI152 T1 template in nilearn's wheel (1 mm,
    197x233x189, int16 .nii.gz; every other file with its first axis stored flipped, so both sides
    reorient), resampled to 64^3 with min-max intensities:
-   - template: dataset volume_folder (utils/dataloader.py) through its own loader, num_workers 2
+   - template: dataset volume_folder (data/loading.py) through its own loader, num_workers 2
      (0, its default, for data in memory);
      from disk (cache_mb: 1: the volumes are decoded once into a temporary file, and each epoch
      streams from it) and cached (decoded once into memory);
@@ -36,8 +36,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench import ROWS, interleaved, make_trainer, plain_epoch, record, setup, trainer_epoch  # noqa: E402
+from data.loading import EpochBatchSampler, build_data, make_loader  # noqa: E402
 from tasks.classify.config import ClassifyConfig as Config  # noqa: E402
-from utils.dataloader import EpochBatchSampler, build_data, make_loader  # noqa: E402
 
 SIZE = 64
 BATCH = 8
@@ -47,7 +47,7 @@ def make_folder(root: Path, files: int) -> Path:
     """`files` scans in two class folders: the T1 template with a per-file gain and noise, int16."""
     import nibabel as nib
 
-    from utils.brain import FILES, template_folder
+    from data.brain import FILES, template_folder
 
     image = nib.load(str(template_folder() / FILES["t1"]))
     base = np.asarray(image.dataobj, dtype=np.float32)

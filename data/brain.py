@@ -41,7 +41,7 @@ def template_folder() -> Path:
 
 def read_template() -> dict:
     """t1, gm, wm as float tensors in [0, 1], RAS, at 2 mm: (X, Y, Z) each."""
-    from utils.volumes import nibabel
+    from data.volumes import nibabel
 
     nib, folder, out = nibabel(), template_folder(), {}
     for name, file in FILES.items():
@@ -85,9 +85,9 @@ def patches(t1: torch.Tensor, points: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def patch_geometry(side: int, centre: tuple) -> dict:
-    """The geometry (utils/volumes.py) of the patch around `centre` (2 mm voxels): the template's
+    """The geometry (data/volumes.py) of the patch around `centre` (2 mm voxels): the template's
     affine, averaged 2x (voxel i covers 1 mm voxels 2i and 2i + 1), moved to the patch's corner."""
-    from utils.volumes import canonical_header, geometry
+    from data.volumes import canonical_header, geometry
 
     _, affine = canonical_header(template_folder() / FILES["t1"])
     to_patch = np.diag([2.0, 2.0, 2.0, 1.0])

@@ -4,7 +4,7 @@
 Why not torch's RandomSampler and per-worker RNGs: those streams depend on num_workers and on
 where a run was cut. Here the order of epoch e is randperm(n) under a generator seeded by
 hash(seed, e), and the augmentation of sample i in epoch e is drawn from hash(seed, e, i)
-(utils/augment.py), so a run continued mid-epoch, or with other num_workers or processes, sees
+(data/augment.py), so a run continued mid-epoch, or with other num_workers or processes, sees
 exactly the same batches.
 
 Samples are kept as uint8 (or float in [0, 1] for the digits) and normalised per batch.
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from utils.augment import Augment, epoch_seed, erase, geometric, mix, partners
+from data.augment import Augment, epoch_seed, erase, geometric, mix, partners
+from data.named import NAMES, load_named
 from utils.config import Config
 from utils.errors import UsageError
-from utils.named_datasets import NAMES, load_named
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -235,7 +235,7 @@ class Data:
     train_ids: list
     val_ids: list
     val_split: str = "held out by split_seed"  # where the validation samples come from, for run.json
-    geometry: Optional[dict] = None  # volumes: orientation, spacing and affine after resampling (utils/volumes.py)
+    geometry: Optional[dict] = None  # volumes: orientation, spacing and affine after resampling (data/volumes.py)
     fold_table: Optional[str] = None  # folds: every pooled sample's fold as CSV (index,id,fold), saved with a group
 
 
@@ -347,7 +347,7 @@ def _folder_with_val(cfg: Config, root: Path) -> Data:
 
 # ---------------------------------------------------------------- volumes
 class VolumeSource:
-    """Volume files read on demand (utils/volumes.py): samples is a list of (path, label)."""
+    """Volume files read on demand (data/volumes.py): samples is a list of (path, label)."""
 
     def __init__(self, samples: list, info: DataInfo, ids: list, intensity: str):
         self.samples, self.info, self.ids, self.intensity = samples, info, ids, intensity
@@ -356,7 +356,7 @@ class VolumeSource:
         return len(self.samples)
 
     def load(self, idx: list) -> tuple[torch.Tensor, torch.Tensor]:
-        from utils.volumes import load_volume
+        from data.volumes import load_volume
 
         x = torch.stack([load_volume(self.samples[i][0], self.info.image_size, self.intensity) for i in idx])
         return x, torch.tensor([self.samples[i][1] for i in idx], dtype=torch.int64)
@@ -365,7 +365,7 @@ class VolumeSource:
 def volume_samples(root: Path) -> tuple[list, list]:
     """(class names, [(path, class index)]) of a folder of class sub-folders of volume files, or
     ([], [(path, -1)]) of a flat folder of them (unlabelled)."""
-    from utils.volumes import VOLUME_EXTENSIONS, is_volume
+    from data.volumes import VOLUME_EXTENSIONS, is_volume
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:  # a flat folder: unlabelled volumes (label -1), for generative tasks
@@ -385,8 +385,8 @@ def volume_samples(root: Path) -> tuple[list, list]:
 
 def volume_info(cfg: Config, classes: list, samples: list) -> tuple[DataInfo, dict]:
     """One channel, the configured size or the files' median shape, normalised to [-1, 1]; and the
-    geometry run.json keeps (utils/volumes.py), from the headers of up to 64 files."""
-    from utils.volumes import canonical_header, geometry
+    geometry run.json keeps (data/volumes.py), from the headers of up to 64 files."""
+    from data.volumes import canonical_header, geometry
 
     headers = [canonical_header(Path(p)) for p, _ in samples[:: max(1, len(samples) // 64)]]
     if cfg.volume_size:
@@ -457,8 +457,8 @@ def _volume_folder(cfg: Config) -> Data:
 
 
 def _brain(cfg: Config) -> Data:
-    """The MNI152 demo (utils/brain.py): patches of the left hemisphere to train, of the right to validate."""
-    from utils.brain import DEFAULT_SIDE, REGIONS, brain_patches, patch_geometry
+    """The MNI152 demo (data/brain.py): patches of the left hemisphere to train, of the right to validate."""
+    from data.brain import DEFAULT_SIDE, REGIONS, brain_patches, patch_geometry
 
     side = cfg.volume_size[0] if cfg.volume_size else DEFAULT_SIDE
     if cfg.volume_size and len(set(cfg.volume_size)) > 1:

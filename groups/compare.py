@@ -1,15 +1,15 @@
 """Groups in inference.py: the A/B report of two groups (--compare GROUP_A GROUP_B, members paired by
 seed and fold), evaluating every member (resume=<group id>) and predicting with the ensemble
-(--input). Groups themselves are utils/groups.py."""
+(--input). Groups themselves are groups/folder.py."""
 import csv
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from groups.folder import PREDICTION_FILES, final_rows, find_group, groups_dir, list_groups, member_tips
+from store.runs import write_json, write_text
 from utils.errors import UsageError
-from utils.groups import PREDICTION_FILES, final_rows, find_group, groups_dir, list_groups, member_tips
-from utils.runstore import write_json, write_text
 from utils.stats import mcnemar, paired_bootstrap
 
 BOOTSTRAP = 10_000  # resamples of the matched pairs

@@ -13,7 +13,6 @@ and the fold). The group itself is a folder, experiments/groups/<group id>/:
 Which runs belong to a group is read from their run.json files, never only from group.json: a member
 killed at any moment is still found, and continued, by running the same command again. No torch here.
 """
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -21,37 +20,26 @@ from typing import Any, Optional
 
 from filelock import FileLock, Timeout
 
-from utils.config import MACHINE_KEYS, Config, changed_keys
-from utils.runstore import GROUPS, allocate_run_dir, is_locked, list_runs, read_metrics, utc_now, write_json
-from utils.upgrade import RUN_FORMAT
+from store.runs import GROUPS, allocate_run_dir, is_locked, list_runs, read_metrics, utc_now, write_json
+from store.upgrade import RUN_FORMAT
+from utils.config import Config, changed_keys, experiment_spec
+from utils.errors import UsageError
 
 GROUP_FILE = "group.json"
 FOLDS_FILE = "folds.csv"
 PREDICTION_FILES = ("oof_predictions.csv", "val_predictions.csv")  # with folds; with seeds alone
-NOT_SPEC = (*MACHINE_KEYS, "resume", "notes")  # keys that do not make a group another experiment
 
 
 def groups_dir() -> Path:
-    from utils import runstore  # EXPERIMENTS is read at call time: tests point it elsewhere
+    from store import runs as runstore  # EXPERIMENTS is read at call time: tests point it elsewhere
 
     return runstore.EXPERIMENTS / GROUPS
-
-
-def is_group(cfg: Config) -> bool:
-    """Whether the config asks for a group: several seeds, or every fold of a k-fold split."""
-    return bool(cfg.seeds) or (cfg.folds >= 2 and cfg.fold is None)
 
 
 def members_of(cfg: Config) -> list[tuple[int, Optional[int]]]:
     """(seed, fold) of every member, in training order: each seed's folds in turn."""
     folds = list(range(cfg.folds)) if cfg.folds else [None]
     return [(seed, fold) for seed in (cfg.seeds or [cfg.seed]) for fold in folds]
-
-
-def group_spec(cfg: Config) -> dict:
-    """The experiment a group is: its config without the machine's keys (the same command on another
-    device or with more workers continues the same group)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_SPEC}
 
 
 # ---------------------------------------------------------------- reading groups
@@ -75,8 +63,8 @@ def list_groups() -> list[dict]:
 
 def find_group(spec: Optional[str]) -> Optional[dict]:
     """The group whose id is `spec`, else None (then `spec` may be a run)."""
+    from store.runs import RUN_ID_RE, normalize_run_id
     from utils.errors import UsageError
-    from utils.runstore import RUN_ID_RE, normalize_run_id
 
     try:  # an id as typed, or the same time written with colons
         spec = normalize_run_id(str(spec)) if spec else None
@@ -123,7 +111,7 @@ def finished_members(group: dict) -> list[dict]:
 # ---------------------------------------------------------------- the aggregate
 def final_rows(run_ids: list[str]) -> list[dict]:
     """The last row of each run's metrics.csv: its final metrics."""
-    from utils import runstore
+    from store import runs as runstore
 
     return [(read_metrics(runstore.EXPERIMENTS / rid) or [{}])[-1] for rid in run_ids]
 
@@ -166,7 +154,7 @@ class GroupFolder:
         info = {"format": RUN_FORMAT, "id": group_id, "status": "running", "task": task, "name": cfg.name, "tags": cfg.tags,
                 "changed": changed_keys(cfg), "seeds": cfg.seeds or [cfg.seed], "folds": cfg.folds, "split_seed": cfg.split_seed,
                 "monitor": monitor,
-                "mode": mode, "plan": [list(m) for m in members_of(cfg)], "spec": group_spec(cfg),
+                "mode": mode, "plan": [list(m) for m in members_of(cfg)], "spec": experiment_spec(cfg),
                 "fold_sha256": None, "members": [], "aggregate": {}, "start_utc": start_utc}
         group = cls(folder, info)
         group.write()
@@ -201,3 +189,34 @@ class GroupFolder:
             if self.lock.is_locked:
                 self.lock.release()
                 (self.folder / "lock").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- rows of --list and index.html
+def list_rows(runs: list[dict], filters: dict) -> list[dict]:
+    """--list's rows: with group=<id>, that group's members; else every run outside a group and
+    every group as one row, by start time."""
+    group_id = filters.get("group")
+    if group_id is not None:
+        if find_group(group_id) is None:
+            ids = [g["id"] for g in list_groups()][-5:]
+            raise UsageError(f"--list: no group '{group_id}' in experiments/groups/"
+                             f"{'; recent groups: ' + ', '.join(ids) if ids else '; there are no groups yet'}")
+        return [r for r in runs if (r.get("group") or {}).get("id") == group_id]
+    rows = [r for r in runs if not r.get("group")] + [group_row(g) for g in list_groups()]
+    return sorted(rows, key=lambda r: (r.get("start_utc", ""), r["id"]))
+
+
+def group_row(g: dict) -> dict:
+    """A group as a row of the table: its spec as the config, the members' mean as its metrics."""
+    agg = g.get("aggregate") or {}
+    return {"id": g["id"], "kind": "group", "status": g.get("status"), "name": g.get("name"), "tags": g.get("tags") or [],
+            "notes": [], "model": g.get("model", "?"), "config": {**(g.get("spec") or {}), "monitor": g.get("monitor")},
+            "changed": g.get("changed") or {},
+            "metrics": {k: v["mean"] for k, v in agg.items()}, "aggregate": agg, "modes": {g.get("monitor"): g.get("mode")},
+            "members": {"done": g.get("members_done", 0), "total": len(g.get("plan") or [])}, "folder": GROUPS, "unit": "members",
+            "start_utc": g.get("start_utc", ""), "end_utc": g.get("end_utc"), "updated_utc": g.get("updated_utc")}
+
+
+def page_rows(runs: list[dict]) -> list[dict]:
+    """index.html's group rows (their members fold under them)."""
+    return [group_row(g) for g in list_groups()]

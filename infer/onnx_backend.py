@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from infer.runs import LoadedRun
+from store.runs import sha256_file
 from train.device import resolve_device
 from utils.config import Config
 from utils.errors import RunFailure, UsageError
-from utils.runstore import sha256_file
 
 EXPORT_DIR = "export"
 EXPORT_JSON = "export.json"

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from infer.onnx_backend import split_spec
 from infer.runs import is_finished, select_run
+from store.runs import find_run, list_runs, write_json, write_text
 from utils.config import Config
 from utils.errors import UsageError
-from utils.runstore import find_run, list_runs, write_json, write_text
 
 
 def select_pair(cfg: Config, runs: list[str]) -> tuple[dict, dict, tuple[str, str]]:

@@ -6,13 +6,13 @@ from typing import Optional, Protocol
 
 import torch
 
+from data.loading import Data, DataInfo, build_data, info_from_run
+from store.runs import BEST_FILE, EXPERIMENTS, children_of, find_run, list_runs
+from store.upgrade import run_format, saved_config
 from train.build import load_weights
 from train.device import AMP_DTYPES
-from utils.config import Config, read_yaml, saved_config
-from utils.dataloader import Data, DataInfo, build_data, info_from_run
+from utils.config import Config, read_yaml
 from utils.errors import RunFailure, UsageError
-from utils.runstore import BEST_FILE, EXPERIMENTS, children_of, find_run, list_runs
-from utils.upgrade import run_format
 
 
 class Task(Protocol):

@@ -3,13 +3,13 @@
 of two runs measured the same way on the same samples."""
 import torch
 
+from data.loading import Data, EvalBatchSampler, make_loader
 from infer.report import config_diff, config_lines, model_source_changed, model_source_line, write_report
 from infer.runs import LoadedRun, Task, checked_data, inference_dir, load_run, rebuild_data
+from store.runs import read_metrics, write_json
 from train.device import resolve_device
 from utils.config import Config
-from utils.dataloader import Data, EvalBatchSampler, make_loader
 from utils.errors import UsageError
-from utils.runstore import read_metrics, write_json
 
 
 def measure(loaded: LoadedRun, data: Data, device: torch.device) -> dict:

@@ -131,7 +131,7 @@ def read_volume(path: Path) -> np.ndarray:
 
 
 def intensity(data: np.ndarray, rule: str) -> np.ndarray:
-    """The template's per-volume intensity rules (utils/volumes.py): zscore, percentile or minmax."""
+    """The template's per-volume intensity rules (data/volumes.py): zscore, percentile or minmax."""
     if rule == "zscore":
         out = (data - data.mean()) / max(float(data.std()), 1e-8)
     else:

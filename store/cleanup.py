@@ -10,9 +10,8 @@ from typing import Optional
 
 from filelock import FileLock
 
-from utils import runstore
-from utils.errors import UsageError
-from utils.runstore import (
+from store import runs as runstore
+from store.runs import (
     LABELS_FILE,
     RUN_ID_RE,
     STATE_FILE,
@@ -31,6 +30,7 @@ from utils.runstore import (
     utc_now,
     write_json,
 )
+from utils.errors import UsageError
 
 UNFINISHED = ("running", "killed", "interrupted", "failed")  # statuses of runs that may still be continued
 

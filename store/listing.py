@@ -5,9 +5,10 @@ import datetime
 import json
 from typing import Any, Optional
 
+from store.runs import list_runs, shown_run
 from utils.config import LABEL_KEYS, Config, convert, defaults_of, every_key, fields_of, parse_override, suggest
 from utils.errors import UsageError
-from utils.runstore import list_runs, shown_run
+from utils.features import hooks
 
 STATUSES = ("running", "finished", "pruned", "failed", "interrupted", "killed", "damaged")  # pruned: finished, stopped by a sweep
 # Filters besides the config keys (which match the run's config.yaml values).
@@ -19,7 +20,7 @@ def list_command(words: list[str], sort: Optional[str], as_json: bool, configs: 
     """python train.py --list [KEY=VALUE ...] [--sort KEY] [--json]: print the runs that match.
     `configs` are the tasks' config classes: the config keys runs can be filtered and sorted by."""
     filters = parse_filters(words, configs)
-    runs = runs_and_groups(dict(filters).get("group"))
+    runs = rows_of(filters)
     metrics = list(dict.fromkeys(k for r in runs for k in (r.get("metrics") or {})))  # every task's, as recorded
     keys = every_key(configs)
     if sort is not None and sort not in COLUMNS and sort not in keys and sort not in metrics:
@@ -32,45 +33,12 @@ def list_command(words: list[str], sort: Optional[str], as_json: bool, configs: 
     return 0
 
 
-def runs_and_groups(group_id: Optional[str]) -> list[dict]:
-    """The rows to list: with group=<id>, that group's members; else every run outside a group and
-    every group as one row (utils/groups.py), by start time."""
-    from utils.groups import find_group, list_groups
-
-    runs = list_runs()
-    if group_id is not None:
-        if find_group(group_id) is None:
-            ids = [g["id"] for g in list_groups()][-5:]
-            raise UsageError(f"--list: no group '{group_id}' in experiments/groups/"
-                             f"{'; recent groups: ' + ', '.join(ids) if ids else '; there are no groups yet'}")
-        return [r for r in runs if (r.get("group") or {}).get("id") == group_id]
-    rows = [r for r in runs if not r.get("group")] + [group_row(g) for g in list_groups()]
-    return sorted(rows, key=lambda r: (r.get("start_utc", ""), r["id"]))
-
-
-def group_row(g: dict) -> dict:
-    """A group as a row of the table: its spec as the config, the members' mean as its metrics."""
-    agg = g.get("aggregate") or {}
-    return {"id": g["id"], "kind": "group", "status": g.get("status"), "name": g.get("name"), "tags": g.get("tags") or [],
-            "notes": [], "model": g.get("model", "?"), "config": {**(g.get("spec") or {}), "monitor": g.get("monitor")},
-            "changed": g.get("changed") or {},
-            "metrics": {k: v["mean"] for k, v in agg.items()}, "aggregate": agg, "modes": {g.get("monitor"): g.get("mode")},
-            "members": {"done": g.get("members_done", 0), "total": len(g.get("plan") or [])},
-            "start_utc": g.get("start_utc", ""), "end_utc": g.get("end_utc"), "updated_utc": g.get("updated_utc")}
-
-
-def sweep_row(sweep: dict, runs: list[dict]) -> dict:
-    """A sweep as a row of the index: its best finished trial's metric, trials finished of all."""
-    metric, sign = sweep.get("metric"), 1 if sweep.get("direction") == "maximize" else -1
-    trials = [r for r in runs if (r.get("sweep") or {}).get("id") == sweep["id"]]
-    done = [r for r in trials if r.get("status") == "finished" and metric in (r.get("metrics") or {})]
-    best = max((r["metrics"][metric] * sign for r in done if not r.get("pruned")), default=None)
-    return {"id": sweep["id"], "kind": "sweep", "status": "finished" if sweep.get("finished") else "running", "name": None,
-            "tags": [], "notes": [], "model": trials[0].get("model", "?") if trials else "?", "config": {"monitor": metric},
-            "changed": sweep.get("spec_changed") or {}, "metrics": {} if best is None else {metric: best * sign},
-            "aggregate": {} if best is None else {metric: {"mean": best * sign, "ci95": None}},
-            "members": {"done": len({r["sweep"]["trial"] for r in done}), "total": sweep.get("trials", 0)},
-            "start_utc": sweep.get("start_utc", ""), "end_utc": sweep.get("end_utc"), "updated_utc": sweep.get("end_utc")}
+def rows_of(filters: list[tuple[str, Any]]) -> list[dict]:
+    """The rows to list: every run, then each feature's rows (a group's members folded into one row)."""
+    rows = list_runs()
+    for fold in hooks("list_rows"):
+        rows = fold(rows, dict(filters))
+    return rows
 
 
 def parse_filters(words: list[str], configs: dict[str, type]) -> list[tuple[str, Any]]:
@@ -107,7 +75,7 @@ def matches(run: dict, filters: list[tuple[str, Any]]) -> bool:
         elif key == "parent":
             ok = (run.get("parent") or {}).get("id") == value
         elif key == "group":
-            ok = True  # runs_and_groups chose the group's members
+            ok = (run.get("group") or {}).get("id") == value
         elif key == "sweep":
             ok = (run.get("sweep") or {}).get("id") == value
         elif key == "status":

@@ -9,11 +9,10 @@ import stat
 from pathlib import Path
 from typing import Optional
 
-from utils import runstore
-from utils.groups import list_groups
-from utils.listing import changed, format_changed, format_duration, group_row, headline, summary, sweep_row
-from utils.runstore import GROUPS, list_runs, read_metrics, write_text
-from utils.sweeps import SWEEPS, list_sweeps
+from store import runs as runstore
+from store.listing import changed, format_changed, format_duration, headline, summary
+from store.runs import list_runs, read_metrics, write_text
+from utils.features import hooks
 
 INDEX = "index.html"
 COLUMNS = ("status", "id", "name", "tags", "changed", "metric", "final", "best", "epochs", "duration", "started (UTC)",
@@ -61,7 +60,7 @@ def write_index(experiments: Optional[Path] = None) -> Path:
     if path.exists() and not path.stat().st_mode & stat.S_IWUSR:  # made read-only by its owner: left as it is
         raise PermissionError(errno.EACCES, "it is read-only", str(path))
     runs = list_runs(experiments)
-    rows = "\n".join(table_rows(runs, list_groups(), experiments))
+    rows = "\n".join(table_rows(runs, experiments))
     heads = "".join(f'<th data-type="{"num" if c in NUMERIC else "text"}">{c}</th>' for c in COLUMNS)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Runs: {len(runs)}</title>'
@@ -87,24 +86,20 @@ def rewrite_index(say: bool = True) -> Optional[str]:
     return None
 
 
-def table_rows(runs: list[dict], groups: list[dict], experiments: Path) -> list[str]:
-    """One row per run outside a group and per group, by start time; each group's members folded
-    under it (class member)."""
-    members: dict[str, list[dict]] = {}
-    for r in runs:
-        owner = (r.get("group") or {}).get("id") or (r.get("sweep") or {}).get("id")
-        if owner:
-            members.setdefault(owner, []).append(r)
-    tops = sorted([r for r in runs if not r.get("group") and not r.get("sweep")] + [group_row(g) for g in groups]
-                  + [sweep_row(s, runs) for s in list_sweeps()], key=lambda r: (r.get("start_utc", ""), r["id"]))
+def table_rows(runs: list[dict], experiments: Path) -> list[str]:
+    """One row per run and per feature row (a group, a sweep), by start time; the runs a feature row
+    owns (run.json's group or sweep) folded under it (class member)."""
+    owners = [row for rows_of in hooks("page_rows") for row in rows_of(runs)]
+    members = {row["id"]: [r for r in runs if (r.get(row["kind"]) or {}).get("id") == row["id"]] for row in owners}
+    folded = {r["id"] for rows in members.values() for r in rows}
+    tops = sorted([r for r in runs if r["id"] not in folded] + owners, key=lambda r: (r.get("start_utc", ""), r["id"]))
     out = []
     for r in tops:
-        if r.get("kind") not in ("group", "sweep"):
+        if "kind" not in r:
             out.append(run_row(r, experiments))
             continue
         out.append(group_html(r, experiments))
-        out += [run_row(m, experiments).replace("<tr ", f'<tr class="member" data-group="{r["id"]}" ', 1)
-                for m in members.get(r["id"], [])]
+        out += [run_row(m, experiments).replace("<tr ", f'<tr class="member" data-group="{r["id"]}" ', 1) for m in members[r["id"]]]
     return out
 
 
@@ -115,7 +110,7 @@ def group_html(g: dict, experiments: Path) -> str:
     agg = (g.get("aggregate") or {}).get(metric) or {}
     ci = agg.get("ci95")
     text = _num(agg.get("mean")) + (f" ± {(ci[1] - ci[0]) / 2:.4f}" if ci else "")
-    where = GROUPS if kind == "group" else SWEEPS
+    where = g["folder"]
     folder = experiments / where / gid
     png = next((f'<a href="{where}/{gid}/{n}">png</a>' for n in ("curves.png", "history.png") if (folder / n).exists()), "-")
     found = sorted(folder.glob("compare_*.md")) + sorted(folder.glob("report.md"))
@@ -127,7 +122,7 @@ def group_html(g: dict, experiments: Path) -> str:
     cells = [cell(g["status"], cls=g["status"]), cell(label, gid, raw=True),
              cell(g["name"] or "-"), cell(", ".join(g["tags"]) or "-"), cell(format_changed(g["changed"]) or "-"),
              cell(metric), cell(text, agg.get("mean", "")), cell("-"),
-             cell(f"{done}/{total} {'members' if kind == 'group' else 'trials'}", done),
+             cell(f"{done}/{total} {g['unit']}", done),
              cell(format_duration(duration), duration if duration is not None else ""),
              cell((g["start_utc"] or "")[:19].replace("T", " ")), cell("-"), cell(png, raw=True), cell(links, raw=True),
              cell("", cls="notes")]

@@ -15,6 +15,8 @@ place in the lower layers that names the tasks of those days (the layout test al
 """
 from typing import Any
 
+from utils.config import Config, build_config, fields_of, task_config
+
 RUN_FORMAT = 3    # run.json and the config.yaml beside it
 STATE_FORMAT = 2  # state.pt
 
@@ -121,3 +123,13 @@ def state_1_to_2(checkpoint: dict) -> dict:
 
 def _as_float(value: Any) -> Any:
     return value.float() if hasattr(value, "float") else float(value)
+
+
+def saved_config(values: dict, configs: dict[str, type], run_format: int) -> Config:
+    """The Config of a run folder's config.yaml, upgraded from the format its run.json records
+    (above) and built as its task's config class."""
+    values = upgrade_config(values, run_format)
+    cls = task_config(values.get("task"), configs, "task")
+    if run_format < 2:  # every task's keys were written into every config.yaml
+        values = {k: v for k, v in values.items() if k in fields_of(cls)}
+    return build_config(values, cls)

@@ -1,5 +1,5 @@
 """The sweep file of `python train.py --sweep FILE`: read with yaml.safe_load and checked in one place,
-before anything is written. No optuna here (utils/sweeps.py runs the study). Its keys: trials,
+before anything is written. No optuna here (sweeps/study.py runs the study). Its keys: trials,
 metric (default: the task's monitor), direction (default: from the metric), sampler (tpe | random |
 grid), sampler_seed, pruner (none | median | halving), storage (null: a journal file; or
 postgresql://...), fixed (keys every trial gets) and space (searched keys: choices, uniform,

@@ -1,13 +1,13 @@
-"""inference.py --sweep <id>: the report of a sweep (utils/sweeps.py): the best trial and its config, every
+"""inference.py --sweep <id>: the report of a sweep (sweeps/study.py): the best trial and its config, every
 trial's values and metric, parameter importances, and the plots Optuna draws with matplotlib (the metric
 against each parameter, the optimisation history). Written to experiments/sweeps/<id>/report.md,
 report.json, history.png and slices.png."""
 from pathlib import Path
 
+from store.runs import RUN_ID_RE, write_json, write_text
+from sweeps.file import SweepFile
+from sweeps.study import read_sweep, require_optuna, storage_of, sweeps_dir
 from utils.errors import UsageError
-from utils.runstore import RUN_ID_RE, write_json, write_text
-from utils.sweepfile import SweepFile
-from utils.sweeps import read_sweep, require_optuna, storage_of, sweeps_dir
 
 
 def load_study(sweep_id: str):
@@ -51,7 +51,7 @@ def sweep_report(sweep_id: str) -> int:
 
 
 def config_text(run_id) -> str:
-    from utils import runstore
+    from store import runs as runstore
 
     try:
         return (runstore.EXPERIMENTS / run_id / "config.yaml").read_text()

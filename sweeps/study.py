@@ -21,9 +21,9 @@ from typing import Any, Optional
 
 from filelock import FileLock, Timeout
 
+from store.runs import SWEEPS, allocate_run_dir, list_runs, utc_now, write_json
+from sweeps.file import SweepFile
 from utils.errors import UsageError
-from utils.runstore import SWEEPS, allocate_run_dir, list_runs, utc_now, write_json
-from utils.sweepfile import SweepFile
 
 INSTALL = "pip install -r requirements-sweeps.txt"
 SWEEP_FILE = "sweep.json"
@@ -40,7 +40,7 @@ def require_optuna(storage: Optional[str] = None) -> None:
 
 
 def sweeps_dir() -> Path:
-    from utils import runstore
+    from store import runs as runstore
 
     return runstore.EXPERIMENTS / SWEEPS
 
@@ -185,7 +185,7 @@ def list_sweeps() -> list[dict]:
 def open_sweep(file: SweepFile, sweep_id: Optional[str], spec: dict, metric: str, direction: str) -> tuple[Sweep, bool]:
     """The sweep to work on: `sweep_id`'s; else the newest unfinished sweep of the same file and fixed
     keys (the same command continues it); else a new one. Returns it and whether it is new."""
-    from utils.runstore import normalize_run_id
+    from store.runs import normalize_run_id
 
     check_storage(file)
     found = None
@@ -298,3 +298,23 @@ def mark_finished(sweep: Sweep) -> bool:
         sweep.info.update(finished=True, end_utc=utc_now())
         write_json(sweep.folder / SWEEP_FILE, sweep.info)
     return done
+
+
+def sweep_row(sweep: dict, runs: list[dict]) -> dict:
+    """A sweep as a row of the index: its best finished trial's metric, trials finished of all."""
+    metric, sign = sweep.get("metric"), 1 if sweep.get("direction") == "maximize" else -1
+    trials = [r for r in runs if (r.get("sweep") or {}).get("id") == sweep["id"]]
+    done = [r for r in trials if r.get("status") == "finished" and metric in (r.get("metrics") or {})]
+    best = max((r["metrics"][metric] * sign for r in done if not r.get("pruned")), default=None)
+    return {"id": sweep["id"], "kind": "sweep", "status": "finished" if sweep.get("finished") else "running", "name": None,
+            "tags": [], "notes": [], "model": trials[0].get("model", "?") if trials else "?", "config": {"monitor": metric},
+            "changed": sweep.get("spec_changed") or {}, "metrics": {} if best is None else {metric: best * sign},
+            "aggregate": {} if best is None else {metric: {"mean": best * sign, "ci95": None}},
+            "members": {"done": len({r["sweep"]["trial"] for r in done}), "total": sweep.get("trials", 0)}, "folder": SWEEPS,
+            "unit": "trials",
+            "start_utc": sweep.get("start_utc", ""), "end_utc": sweep.get("end_utc"), "updated_utc": sweep.get("end_utc")}
+
+
+def page_rows(runs: list[dict]) -> list[dict]:
+    """index.html's sweep rows (their trials fold under them)."""
+    return [sweep_row(s, runs) for s in list_sweeps()]

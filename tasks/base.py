@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from train.phases import Batch, Phase
@@ -23,9 +24,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from data.augment import Augment
+    from data.loading import Data, DataInfo
     from train.checkpoint import TrainingParts
-    from utils.augment import Augment
-    from utils.dataloader import Data, DataInfo
 
 
 class Task:
@@ -69,8 +70,8 @@ class Task:
         return {"task": self.name, "models": self.model_names(cfg), "data": dataclasses.asdict(info)}
 
     def augmentation(self, cfg: Config, info: DataInfo) -> Augment:
-        """What is done to the training samples (utils/augment.py), a pure function of (seed, epoch, index)."""
-        from utils.augment import Augment, check_policy
+        """What is done to the training samples (data/augment.py), a pure function of (seed, epoch, index)."""
+        from data.augment import Augment, check_policy
 
         check_policy(cfg.augment, info.volumetric)
         return Augment(cfg.seed, cfg.augment, cfg.random_erasing, flip_axes=tuple(cfg.flip_axes))
@@ -124,8 +125,8 @@ class Task:
             raise UsageError(f"--input: task {self.name} does not predict on files; drop --input to measure the run")
         evaluate_validation(self, cfg, run)
 
-    def predict_ensemble(self, cfg: Config, group: dict, runs: list[dict], input_path: str) -> int:
-        """inference.py resume=<group id> --input PATH: predict with the members together."""
+    def predict_ensemble(self, cfg: Config, group: dict, runs: list[dict], input_path: str, out_dir: Path) -> int:
+        """inference.py resume=<group id> --input PATH: predict with the members together, writing to out_dir."""
         raise UsageError(f"--input: task {self.name} does not predict on files; drop --input to evaluate the group's members")
 
     def compare(self, cfg: Config, run_a: dict, run_b: dict, backends: tuple, input_path: Optional[str]) -> int:
@@ -141,26 +142,3 @@ class Task:
     def export(self, cfg: Config, run: dict, formats: list[str]) -> int:
         """inference.py --export: the model for services, parity checked."""
         raise UsageError(f"--export: run {run['id']} is a {self.name} run, and task {self.name} has no export")
-
-
-def resolve_auto(cfg: Config, device: torch.device, model: nn.Module, task: Task) -> Config:
-    """The config with every `auto` replaced by what it means here, as config.yaml records it (so a
-    continuation repeats the same experiment): amp bf16 where the device runs it natively, else
-    none; channels_last (a bool from here on) for convolutional models where measured; the monitor and the
-    rest as the task says."""
-    from torch import nn
-
-    from train.device import native_bf16
-
-    amp = ("bf16" if native_bf16(device) else "none") if cfg.amp == "auto" else cfg.amp
-    # channels_last (channels_last_3d for 3D models): measured faster on CPU for both (bench/bench.py,
-    # bench/volumes.py: 0.92x the epoch time in bf16, 0.82x in fp32 for small_cnn3d); on CUDA for 2D models.
-    places = {nn.Conv2d: ("cpu", "cuda"), nn.Conv3d: ("cpu",)}
-    measured = any(device.type in places.get(type(m), ()) for m in model.modules())
-    channels_last = measured if cfg.channels_last is None else cfg.channels_last
-    monitor = task.default_monitor(cfg) if cfg.monitor == "auto" else cfg.monitor
-    if monitor not in task.modes:
-        raise UsageError(f"monitor: '{monitor}' is not a validation metric of task {cfg.task}; use auto or one of "
-                         f"{' | '.join(task.modes)}")
-    resolved = {"amp": amp, "channels_last": channels_last, "monitor": monitor} | task.resolve(cfg)
-    return dataclasses.replace(cfg, **resolved)

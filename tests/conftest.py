@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE = ("config", "model", "train", "infer", "tasks", "utils", "train.py", "inference.py")
+CODE = ("config", "model", "data", "store", "groups", "sweeps", "train", "infer", "tasks", "utils", "train.py", "inference.py")
 
 
 class Project:
@@ -45,7 +45,7 @@ class Project:
 
     def status(self, run_id: str) -> str:
         """The live status, as --list shows it (killed for a dead 'running' run)."""
-        from utils.runstore import read_run
+        from store.runs import read_run
         return read_run(self.experiments / run_id)["status"]
 
     def snapshot(self) -> dict:
@@ -80,7 +80,7 @@ def copy_project(dest: Path) -> Project:
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch) -> Path:
     """An empty experiments/ (and checkpoints/) in a temporary folder, for the run store used in process."""
-    import utils.runstore as rs
+    import store.runs as rs
 
     monkeypatch.setattr(rs, "EXPERIMENTS", tmp_path / "experiments")
     monkeypatch.setattr(rs, "CHECKPOINTS", tmp_path / "checkpoints")

@@ -6,13 +6,13 @@ import re
 import pytest
 import yaml
 
+from store.upgrade import upgrade_config
 from tasks import configs, task_dict
 from tasks.classify.config import ClassifyConfig
 from tasks.wgan_gp.config import WganGpConfig
 from utils import config as config_module
 from utils.config import DEFAULT_CONFIG, SHARED_KEYS, build_config, defaults_of, keys_help, own_keys, read_yaml, to_yaml
 from utils.errors import UsageError
-from utils.upgrade import upgrade_config
 
 parse_override = functools.partial(config_module.parse_override, configs=configs)
 load_config = functools.partial(config_module.load_config, configs=configs)

@@ -6,10 +6,10 @@ import re
 import pytest
 import torch
 
+from store.runs import sha256_file
 from tasks import configs
 from tests.conftest import make_image_folder
 from utils.config import defaults_of, every_key
-from utils.runstore import sha256_file
 
 pytestmark = pytest.mark.slow  # each test starts train.py / inference.py processes
 
@@ -126,7 +126,7 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(trained, args, mess
 
 def bad_data_folders(root):
     """(args, message) for data that cannot be read: missing, truncated, pickle-only."""
-    from tests.test_named_datasets import make_idx_set
+    from tests.data.test_named_datasets import make_idx_set
 
     empty, truncated, pickled = root / "empty", root / "truncated", root / "pickled" / "cifar-10-batches-py"
     empty.mkdir(parents=True)

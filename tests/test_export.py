@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from data.loading import DataInfo, load_image
 from infer.onnx_backend import checked_file, read_export
 from tasks.classify.export import FILES, export_model
 from tests.conftest import ROOT, copy_project, make_image_folder
-from utils.dataloader import DataInfo, load_image
 from utils.errors import RunFailure, UsageError
 
 SERVE = ROOT / "serve" / "predict_onnx.py"
@@ -187,9 +187,9 @@ def predictions(project, run_id: str, name: str) -> list[list[str]]:
 def test_onnxruntime_backend_predicts_as_eager_torch(exported, tmp_path):
     project, runs, _, _ = exported
     run_id = runs["small_cnn"]
+    from data.loading import build_data
     from tasks.classify.config import ClassifyConfig
     from utils.config import build_config
-    from utils.dataloader import build_data
 
     data = build_data(build_config({}, ClassifyConfig))
     imgs = write_images(tmp_path / "digits", data.val.source.x[data.val.positions[:12]].numpy())
@@ -212,9 +212,9 @@ def test_the_torch_free_program_gives_the_classes_of_inference_input(exported, t
     if model == "resnet18":
         imgs = folder
     else:
+        from data.loading import build_data
         from tasks.classify.config import ClassifyConfig
         from utils.config import build_config
-        from utils.dataloader import build_data
 
         data = build_data(build_config({}, ClassifyConfig))
         imgs = write_images(tmp_path / "digits", data.val.source.x[data.val.positions[:12]].numpy())

@@ -1,9 +1,10 @@
 """The code's layering: which module may import which, no import cycles, short functions, and
 lower layers that name no task.
 
-Layers, top to bottom: the mains (train.py, inference.py), tasks/, infer/, train/, utils/, model/ A module
-imports only from its own layer or below; model/ imports only torch and torchvision. Imports
-inside functions count too.
+Layers, top to bottom: the mains (train.py, inference.py); the features groups/ and sweeps/; tasks/;
+infer/; train/; data/ and store/; utils/; model/. A module imports only from its own layer or below;
+model/ imports only torch and torchvision. Imports inside functions count too. The core reaches a
+feature only through utils/features.py's table, never by an import.
 """
 import ast
 import re
@@ -15,9 +16,10 @@ from tasks import task_dict
 from utils.config import SHARED_KEYS, own_keys
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("model", "utils", "train", "infer", "tasks")
+PACKAGES = ("model", "utils", "data", "store", "train", "infer", "tasks", "groups", "sweeps")
 MAINS = ("train.py", "inference.py")
-LAYER = {"model": 0, "utils": 1, "train": 2, "infer": 3, "tasks": 4, "main": 5}
+LAYER = {"model": 0, "utils": 1, "data": 2, "store": 2, "train": 3, "infer": 4, "tasks": 5, "groups": 6, "sweeps": 6, "main": 7}
+FEATURE_PACKAGES = ("groups", "sweeps")  # utils/features.py FEATURES
 
 
 def module_files(root: Path = ROOT) -> dict[str, Path]:
@@ -32,9 +34,15 @@ def module_files(root: Path = ROOT) -> dict[str, Path]:
 
 def imports_of(path: Path, known: set[str]) -> set[str]:
     """Every project module `path` imports, at any depth (functions included). `from pkg import x`
-    counts as importing pkg.x when that is a module, else pkg."""
+    counts as importing pkg.x when that is a module, else pkg. Imports under `if TYPE_CHECKING:` are
+    for annotations only (never executed), so they are not dependencies: train/run.py names Task."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -96,7 +104,25 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     assert imports_of(source, {"train", "train.checkpoint", "utils.dist"}) == {"train.checkpoint", "utils.dist"}
 
 
-@pytest.mark.parametrize("path", [ROOT / m for m in MAINS] + sorted((ROOT / "train").glob("*.py")) + sorted((ROOT / "tasks").rglob("*.py")),
+def test_the_checker_skips_only_annotation_imports(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from tasks.base import Task\n"
+                      "else:\n    import utils.dist\n")
+    assert imports_of(source, {"tasks.base", "utils.dist"}) == {"utils.dist"}
+
+
+def test_the_core_reaches_a_feature_only_through_its_table():
+    """No module outside groups/ and sweeps/ imports them: delete one (and its line in
+    utils/features.py) and nothing else breaks. test_features.py runs the template without them."""
+    found = [f"{m} imports {d}" for m, deps in graph().items() for d in deps
+             if d.split(".")[0] in FEATURE_PACKAGES and m.split(".")[0] != d.split(".")[0]]
+    assert not found, found
+    from utils.features import FEATURES
+    assert set(FEATURES) == set(FEATURE_PACKAGES)
+
+
+@pytest.mark.parametrize("path", [ROOT / m for m in MAINS] + sorted((ROOT / "train").glob("*.py")) + sorted((ROOT / "tasks").rglob("*.py"))
+                         + sorted(p for f in FEATURE_PACKAGES for p in (ROOT / f).glob("*.py")) + [ROOT / "store" / "commands.py"],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_functions_in_the_mains_train_and_tasks_are_short(path):
     """About 40 lines at most, docstring included, so that each reads at a glance."""
@@ -115,13 +141,13 @@ def task_words() -> set[str]:
 
 
 def task_wording(root: Path = ROOT) -> list[str]:
-    """Lines of train/ and utils/ that name a task (model/: a task's name). utils/upgrade.py is the one
+    """Lines of train/, utils/, data/ and store/ that name a task (model/: a task's name). store/upgrade.py is the one
     exception: it is the history of run formats, which names the tasks of those days."""
     words = task_words()
     found = []
-    for pkg in ("train", "utils", "model"):
+    for pkg in ("train", "utils", "model", "data", "store"):
         for path in sorted((root / pkg).rglob("*.py")):
-            if path.relative_to(root) == Path("utils/upgrade.py"):
+            if path.relative_to(root) == Path("store/upgrade.py"):
                 continue
             names = set(task_dict) if pkg == "model" else words
             pattern = re.compile("|".join(rf"\b{w}" + ("" if w == "classif" else r"\b") for w in sorted(names)), re.I)
@@ -131,7 +157,7 @@ def task_wording(root: Path = ROOT) -> list[str]:
 
 
 def test_lower_layers_name_no_task():
-    """train/, utils/ and model/ hold no task's wording or defaults: tasks/ does."""
+    """train/, utils/, data/, store/ and model/ hold no task's wording or defaults: tasks/ does."""
     assert not task_wording(), task_wording()
 
 

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from model import model_dict
+from store.runs import sha256_file
 from utils.config import Config
 from utils.errors import RunFailure, UsageError
-from utils.runstore import sha256_file
 
 
 def model_source_hash(*names: str) -> str:

@@ -4,7 +4,7 @@ write of the file goes through this module.
 A state.pt is one dict, saved with torch.save and loaded with torch.load(weights_only=True):
 its format number, the state_dicts of the training objects (TrainingParts), the run's position
 and running sums (TrainState), and the RNG states of every process. Older formats are upgraded
-when read (utils/upgrade.py).
+when read (store/upgrade.py).
 """
 import dataclasses
 import json
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from store.runs import STATE_FILE, atomic_write, sha256_file
+from store.upgrade import STATE_FORMAT, upgrade_state
 from utils import dist
 from utils.errors import RunFailure
-from utils.runstore import STATE_FILE, atomic_write, sha256_file
-from utils.upgrade import STATE_FORMAT, upgrade_state
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from store.runs import BEST_FILE, RunFolder
 from train import checkpoint
 from train.build import ema_update
 from train.checkpoint import TrainingParts, TrainState
@@ -26,7 +27,6 @@ from train.phases import Batch, Phase
 from utils import dist
 from utils.config import Config
 from utils.errors import Interrupted, RunFailure, fault_nan, fault_point
-from utils.runstore import BEST_FILE, RunFolder
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

@@ -463,16 +463,15 @@ def task_config(task: Any, configs: dict[str, type], where: str) -> type:
     return configs[task]
 
 
-def saved_config(values: dict, configs: dict[str, type], run_format: int) -> Config:
-    """The Config of a run folder's config.yaml, upgraded from the format its run.json records
-    (utils/upgrade.py) and built as its task's config class."""
-    from utils.upgrade import upgrade_config
+def is_group(cfg: Config) -> bool:
+    """Whether the config asks for a group: several seeds, or every fold of a k-fold split."""
+    return bool(cfg.seeds) or (cfg.folds >= 2 and cfg.fold is None)
 
-    values = upgrade_config(values, run_format)
-    cls = task_config(values.get("task"), configs, "task")
-    if run_format < 2:  # every task's keys were written into every config.yaml
-        values = {k: v for k, v in values.items() if k in fields_of(cls)}
-    return build_config(values, cls)
+
+def experiment_spec(cfg: Config) -> dict:
+    """The experiment a group or a sweep is: its config without the machine's keys (the same command on another
+    device or with more workers continues the same group)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in (*MACHINE_KEYS, "resume", "notes")}
 
 
 def changed_keys(cfg: Config) -> dict:

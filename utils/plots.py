@@ -3,7 +3,7 @@ Figure class, not pyplot: no backend or GUI machinery, nothing to close (the pat
 documents for web servers)."""
 from pathlib import Path
 
-from utils.runstore import atomic_write
+from utils.files import atomic_write
 
 
 def new_figure(width: float, height: float, **kwargs):
@@ -75,29 +75,4 @@ def plot_samples(samples, titles: list[str], path: Path, volumetric: bool) -> No
             ax.imshow(picture, cmap="gray", vmin=0, vmax=1, origin="lower" if volumetric else "upper", interpolation="nearest")
             ax.set_title(f"{title}\n{view}".strip() if view == views[len(views) // 2] else view, fontsize=7)
             ax.axis("off")
-    save_figure(fig, path)
-
-
-def plot_group_curves(members: dict[str, list[dict]], path: Path, title: str = "") -> None:
-    """A group's curves: for each loss and metric, every member's (thin) and their mean (thick, over
-    the epochs all members reached)."""
-    from matplotlib.ticker import MaxNLocator
-
-    rows = [r for runs in members.values() for r in runs]
-    columns = list(dict.fromkeys(k for r in rows for k in r if k not in ("epoch", "seconds")
-                                 and not k.startswith(("lr", "grad_norm"))))
-    fig = new_figure(4 * max(1, len(columns)), 3.6)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.8, wspace=0.25)
-    for ax, key in zip(fig.subplots(1, max(1, len(columns)), squeeze=False)[0], columns):
-        for runs in members.values():
-            ax.plot([r["epoch"] for r in runs], [r.get(key, float("nan")) for r in runs], lw=0.8, alpha=0.5)
-        last = min(len(runs) for runs in members.values())
-        mean = [sum(runs[i].get(key, float("nan")) for runs in members.values()) / len(members) for i in range(last)]
-        ax.plot([next(iter(members.values()))[i]["epoch"] for i in range(last)], mean, lw=2.5, color="black", label="mean")
-        ax.set(xlabel="epoch", title=key)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if title:
-        fig.suptitle(title)
     save_figure(fig, path)

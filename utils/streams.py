@@ -5,7 +5,7 @@ has gone (a closed pipe: `| head`, a `tee` or log shipper that died, a closed te
 that was closed turns that stream into a sink for the rest of the process instead of raising:
 its file descriptor is pointed at /dev/null, so that nothing, the interpreter's last flush
 included, fails on it again. What was lost is kept, so that a run records it once in train.log
-and run.json (utils/runstore.py) and still finishes with its weights.
+and run.json (store/runs.py) and still finishes with its weights.
 """
 import os
 import sys

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from data.loading import Data, DataInfo
     from train.checkpoint import TrainingParts
-    from utils.dataloader import Data, DataInfo
 
 
 class AlphaWganGp(Task):

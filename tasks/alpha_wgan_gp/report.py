@@ -7,13 +7,13 @@ from typing import Optional
 import torch
 
 from infer.runs import LoadedRun, checked_data, inference_dir, load_run
+from store.runs import write_json
 from tasks.alpha_wgan_gp.measure import bandwidth_of, mmd2, pairwise_msssim, pooled, ssim3d
 from tasks.base import Task
 from train.device import resolve_device
 from train.phases import stream
 from utils.config import Config
 from utils.errors import UsageError
-from utils.runstore import write_json
 
 SAMPLES = 64  # volumes written as NIfTI, from the codes of stream(0, 0, "samples"): the same for every run of a code size
 
@@ -46,7 +46,7 @@ class Measured:
 def measure(loaded: LoadedRun, device: torch.device) -> Measured:
     """Reconstruction L1 and SSIM, with the L1 of predicting the mean training volume beside them;
     MMD^2 between samples and held-out volumes; pairwise MS-SSIM of samples beside that of real pairs."""
-    from utils.listing import duration_seconds
+    from store.listing import duration_seconds
 
     data = checked_data(loaded)
     real, train = volumes_of(data.val), volumes_of(data.train)
@@ -76,7 +76,7 @@ def measure(loaded: LoadedRun, device: torch.device) -> Measured:
 def training_mean(train: torch.Tensor, cfg: Config) -> torch.Tensor:
     """The mean training volume as the run saw them, (1, C, X, Y, Z): averaged over the flips its
     augmentation draws (each axis of flip_axes with probability 1/2), the reference of the L1 target."""
-    from utils.augment import VOLUME_POLICIES
+    from data.augment import VOLUME_POLICIES
 
     mean = train.mean(0, keepdim=True)
     for axis in cfg.flip_axes if cfg.augment in VOLUME_POLICIES else ():

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.loading import DataInfo
 from model import model_dict
 from tasks.alpha_wgan_gp.config import AlphaWganGpConfig
 from train.phases import Batch, rows_of_micro_batch, stream
 from utils import dist
-from utils.dataloader import DataInfo
 from utils.errors import UsageError
 
 ADAM_BETAS = (0.5, 0.9)  # the paper's code; the WGAN-GP paper's (0, 0.9) without a momentum term also work

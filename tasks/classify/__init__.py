@@ -4,6 +4,7 @@ does with a run (infer.py), the A/B report (compare.py) and the export for servi
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from tasks.base import Task
@@ -14,8 +15,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from utils.augment import Augment
-    from utils.dataloader import Data, DataInfo
+    from data.augment import Augment
+    from data.loading import Data, DataInfo
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what torchvision's pretrained weights expect
 
@@ -35,9 +36,9 @@ class Classify(Task):
 
     # ------------------------------------------------------------ building
     def resolve(self, cfg: ClassifyConfig) -> dict:
-        """augment: auto picks the data set's policy (utils/augment.py's AUTO_POLICY); small_cnn on
+        """augment: auto picks the data set's policy (data/augment.py's AUTO_POLICY); small_cnn on
         volumes is small_cnn3d, as config.yaml records."""
-        from utils.augment import AUTO_POLICY
+        from data.augment import AUTO_POLICY
 
         return {"augment": AUTO_POLICY[cfg.dataset] if cfg.augment == "auto" else cfg.augment,
                 "base_model": classifier_name(cfg)}
@@ -71,7 +72,7 @@ class Classify(Task):
 
     def augmentation(self, cfg: ClassifyConfig, info: DataInfo) -> Augment:
         """The shared policies, and mixup / cutmix, which mix the labels too."""
-        from utils.augment import Augment, check_policy
+        from data.augment import Augment, check_policy
         from utils.errors import UsageError
 
         check_policy(cfg.augment, info.volumetric)
@@ -113,13 +114,11 @@ class Classify(Task):
         else:
             evaluate_on_split(loaded, device)
 
-    def predict_ensemble(self, cfg: ClassifyConfig, group: dict, runs: list[dict], input_path: str) -> int:
+    def predict_ensemble(self, cfg: ClassifyConfig, group: dict, runs: list[dict], input_path: str, out_dir: Path) -> int:
         """The mean of the members' probabilities on the files at input_path, and each member's class (infer.py)."""
-        from pathlib import Path
-
         from tasks.classify.infer import ensemble_predict
 
-        return ensemble_predict(self, cfg, group, runs, Path(input_path))
+        return ensemble_predict(self, cfg, group, runs, Path(input_path), out_dir)
 
     def compare(self, cfg: ClassifyConfig, run_a: dict, run_b: dict, backends: tuple, input_path: Optional[str]) -> int:
         """Two classifiers on the same samples, each served by its backend (compare.py)."""

@@ -7,16 +7,16 @@ from typing import Optional
 import numpy as np
 import torch
 
+from data.loading import EvalBatchSampler, FileSource, SplitSet, VolumeSource, folder_samples, make_loader, volume_samples
 from infer.onnx_backend import inference_device, label, with_backend
 from infer.report import config_diff, config_lines, model_source_changed, model_source_line, write_report
 from infer.runs import LoadedRun, amp_dtype, inference_dir, load_run, rebuild_data
+from store.runs import read_metrics
 from tasks.base import Task
 from tasks.classify.training import Evaluation, evaluate, per_class_accuracy
 from utils.config import Config
-from utils.dataloader import EvalBatchSampler, FileSource, SplitSet, VolumeSource, folder_samples, make_loader, volume_samples
 from utils.errors import UsageError
 from utils.plots import new_figure, save_figure
-from utils.runstore import read_metrics
 from utils.stats import mcnemar, paired_bootstrap
 
 BOOTSTRAP_SAMPLES = 2000

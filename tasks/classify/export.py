@@ -23,10 +23,10 @@ from torch import nn
 
 from infer.onnx_backend import EXPORT_DIR, EXPORT_JSON, INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel, require_onnx
 from infer.runs import LoadedRun, checked_data, load_run
+from store.runs import fsync_dir, link_or_copy, sha256_file, write_json
 from tasks.base import Task
 from utils.config import Config
 from utils.errors import RunFailure
-from utils.runstore import fsync_dir, link_or_copy, sha256_file, write_json
 
 FILES = {"onnx": ONNX_FILE, "pt2": "model.pt2"}
 PREPROCESS_JSON, PARITY_JSON = "preprocess.json", "parity.json"

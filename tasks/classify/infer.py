@@ -6,13 +6,13 @@ from pathlib import Path
 
 import torch
 
+from data.loading import Data, EvalBatchSampler, list_images, load_image, make_loader, normalise, to_unit
+from data.volumes import list_volumes, load_volume
 from infer.runs import LoadedRun, amp_dtype, checked_data, inference_dir
+from store.runs import write_json, write_text
 from tasks.classify.training import Evaluation, evaluate, per_class_accuracy
-from utils.dataloader import Data, EvalBatchSampler, list_images, load_image, make_loader, normalise, to_unit
 from utils.errors import UsageError
 from utils.plots import plot_samples
-from utils.runstore import write_json, write_text
-from utils.volumes import list_volumes, load_volume
 
 
 def evaluate_split(loaded: LoadedRun, device: torch.device) -> tuple[Evaluation, Data]:
@@ -113,12 +113,11 @@ def file_probabilities(loaded: LoadedRun, files: list[Path], path: Path, device:
     return torch.cat(out) if out else torch.zeros(0, len(loaded.info.class_names))
 
 
-def ensemble_predict(task, cfg, group: dict, runs: list[dict], path: Path) -> int:
+def ensemble_predict(task, cfg, group: dict, runs: list[dict], path: Path, out_dir: Path) -> int:
     """A group's prediction on the files at `path`: the mean of its members' probabilities, with each
-    member's own class beside it; written to experiments/groups/<id>/inference/predictions.csv."""
+    member's own class beside it; written to out_dir/predictions.csv (the group's inference/ folder)."""
     from infer.onnx_backend import inference_device
     from infer.runs import load_run
-    from utils.groups import groups_dir
 
     device = inference_device(cfg)
     members = [load_run(run, device, task, cfg.weights) for run in runs]
@@ -130,7 +129,6 @@ def ensemble_predict(task, cfg, group: dict, runs: list[dict], path: Path) -> in
     conf, pred = probs.mean(0).max(1)
     each = probs.argmax(2).T.tolist()  # (files, members)
     rows = [(str(f), names[p], f"{c:.6f}", *(names[k] for k in ks)) for f, p, c, ks in zip(files, pred.tolist(), conf.tolist(), each)]
-    out_dir = groups_dir() / group["id"] / "inference"
     out_dir.mkdir(exist_ok=True)
     write_text(out_dir / "predictions.csv", to_csv(("path", "predicted", "confidence", *(r["id"] for r in runs)), rows))
     for row in rows[:20]:

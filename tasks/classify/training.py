@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.loading import DataInfo
 from model import model_dict
 from tasks.classify.config import ClassifyConfig
 from train.device import AMP_DTYPES
 from train.phases import Batch
 from train.trainer import to_device
 from utils import dist
-from utils.dataloader import DataInfo
 from utils.errors import RunFailure, UsageError
 
 

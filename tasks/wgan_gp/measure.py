@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from data.loading import normalise, to_unit
 from infer.runs import LoadedRun, load_run, rebuild_data
 from tasks.base import Task
 from tasks.classify import Classify
 from utils.config import Config
-from utils.dataloader import normalise, to_unit
 
 CONFIDENT = 0.9  # a generated sample counts for a class when the classifier gives it at least this
 
@@ -119,7 +119,7 @@ def save_grid(images: torch.Tensor, path: Path, columns: int = 8, title: Optiona
 
 
 def load_classifier(run_id: str, device: torch.device) -> LoadedRun:
-    from utils.runstore import EXPERIMENTS, read_run
+    from store.runs import EXPERIMENTS, read_run
 
     return load_run(read_run(EXPERIMENTS / run_id), device, Classify())
 

@@ -9,6 +9,7 @@ import torch
 
 from infer.report import config_diff, config_lines, model_source_changed, model_source_line, write_report
 from infer.runs import LoadedRun, inference_dir, load_run, run_config
+from store.runs import find_run, write_json
 from tasks.base import Task
 from tasks.wgan_gp.measure import (
     CONFIDENT,
@@ -27,7 +28,6 @@ from tasks.wgan_gp.training import latent, stream
 from train.device import resolve_device
 from utils.config import Config
 from utils.errors import UsageError
-from utils.runstore import find_run, write_json
 
 
 def find_classifier(spec: str, cfg: Config) -> dict:
@@ -145,7 +145,7 @@ def evaluate_run(task: Task, cfg: Config, run: dict, input_path) -> None:
 def write_volumes(volumes: torch.Tensor, run: dict, folder) -> None:
     """Generated volumes (N, 1, X, Y, Z) in [0, 1] as NIfTI files 0.nii.gz ... in the data's geometry
     (run.json's data.geometry: the first training file's grid), for a viewer beside the real scans."""
-    from utils.volumes import save_nifti
+    from data.volumes import save_nifti
 
     folder.mkdir(exist_ok=True)
     affine = ((run.get("data") or {}).get("geometry") or {}).get("affine", np.eye(4).tolist())

@@ -10,12 +10,12 @@ import dataclasses
 import torch
 from torch import nn
 
+from data.loading import DataInfo
 from model import model_dict
 from tasks.wgan_gp.config import WganGpConfig
 from train.phases import Batch, rows_of_micro_batch, stream  # noqa: F401 - stream: the seeded draws of a step
 from train.trainer import to_device
 from utils import dist
-from utils.dataloader import DataInfo
 from utils.errors import UsageError
 
 ADAM_BETAS = (0.0, 0.9)  # the WGAN-GP paper's; momentum destabilises the critic

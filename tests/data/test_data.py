@@ -4,10 +4,10 @@ import dataclasses
 import pytest
 import torch
 
+from data.augment import Augment, translate
+from data.loading import EpochBatchSampler, EvalBatchSampler, build_data, make_loader
 from tests.conftest import make_image_folder
-from utils.augment import Augment, translate
 from utils.config import Config
-from utils.dataloader import EpochBatchSampler, EvalBatchSampler, build_data, make_loader
 from utils.errors import UsageError
 
 
@@ -127,7 +127,7 @@ def test_mixed_labels_are_distributions_over_the_classes(digits):
 
 
 def test_crop_flip_flips_and_translate_does_not():
-    from utils.augment import geometric
+    from data.augment import geometric
 
     x = torch.arange(16.0).view(1, 1, 4, 4).repeat(64, 1, 1, 1)
     idx, ep = torch.arange(64).numpy(), torch.zeros(64, dtype=torch.int64).numpy()
@@ -146,7 +146,7 @@ def test_trivialaugment_is_pure(digits):
 
 @pytest.mark.parametrize("name, gz", [("mnist", False), ("fashion_mnist", True)])
 def test_named_idx_sets_use_the_test_split_for_validation(tmp_path, name, gz):
-    from tests.test_named_datasets import make_idx_set
+    from tests.data.test_named_datasets import make_idx_set
 
     arrays = make_idx_set(tmp_path, gz=gz, n_train=6, n_test=4)
     data = build_data(Config(dataset=name, data_dir=str(tmp_path)))
@@ -159,7 +159,7 @@ def test_named_idx_sets_use_the_test_split_for_validation(tmp_path, name, gz):
 
 
 def test_cifar10_binary_through_build_data(tmp_path):
-    from tests.test_named_datasets import make_cifar10
+    from tests.data.test_named_datasets import make_cifar10
 
     make_cifar10(tmp_path / "cifar-10-batches-bin", meta=True, n=3)
     data = build_data(Config(dataset="cifar10", data_dir=str(tmp_path)))

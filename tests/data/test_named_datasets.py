@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from data.named import CIFAR10_CLASSES, CIFAR100_CLASSES, FASHION_CLASSES, IDX_STEMS, NAMES, load_named
 from utils.errors import UsageError
-from utils.named_datasets import CIFAR10_CLASSES, CIFAR100_CLASSES, FASHION_CLASSES, IDX_STEMS, NAMES, load_named
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -12,7 +12,7 @@ from utils.errors import UsageError
 
 nib = pytest.importorskip("nibabel")
 
-SERVE = Path(__file__).resolve().parent.parent / "serve" / "predict_onnx.py"
+SERVE = Path(__file__).resolve().parents[2] / "serve" / "predict_onnx.py"
 SHAPE = (18, 16, 14)
 FLIPPED = np.diag([-2.0, 1.5, 1.5, 1.0])  # x runs to the left: canonical (RAS) flips axis 0
 FLIPPED[:3, 3] = (30.0, -10.0, 5.0)
@@ -45,7 +45,7 @@ def make_volumes(root, per_class: int = 16, seed: int = 0):
 
 
 def test_reading_reorients_to_nibabels_canonical(tmp_path):
-    from utils.volumes import canonical_header, load_volume, read_array
+    from data.volumes import canonical_header, load_volume, read_array
 
     data = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
     path = tmp_path / "v.nii.gz"
@@ -66,7 +66,7 @@ def test_reading_reorients_to_nibabels_canonical(tmp_path):
 
 
 def test_intensity_rules():
-    from utils.volumes import normalised
+    from data.volumes import normalised
 
     data = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
     data[0, 0, 0] = 1e6  # one bright voxel
@@ -80,7 +80,7 @@ def test_volume_flip_only_flips():
     """augment: volume_flip (the generative tasks' choice): each volume as it was, or mirrored on axis 0; both occur."""
     import torch
 
-    from utils.augment import Augment, geometric
+    from data.augment import Augment, geometric
 
     x = torch.rand(16, 1, 6, 5, 4)
     out = geometric(x, Augment(0, "volume_flip", flip_axes=(0,)), np.ones(16, dtype=np.int64), np.arange(16))
@@ -91,7 +91,7 @@ def test_volume_flip_only_flips():
 def test_volume_augmentation_is_a_function_of_seed_epoch_index():
     import torch
 
-    from utils.augment import Augment, geometric
+    from data.augment import Augment, geometric
 
     x = torch.rand(4, 1, 8, 8, 8)
     aug = Augment(3, "volume", flip_axes=(0, 1))
@@ -104,9 +104,9 @@ def test_volume_augmentation_is_a_function_of_seed_epoch_index():
 @pytest.mark.parametrize("damage, message", [
     ("truncated", "not a readable volume"), ("4d", "a 4D array"), ("nan", "NaN or infinite"), ("empty_class", "holds no volume")])
 def test_bad_volumes_are_exit_2_naming_the_file(tmp_path, damage, message):
+    from data.loading import build_data
     from tasks import configs
     from utils.config import load_config
-    from utils.dataloader import build_data
 
     root = make_volumes(tmp_path / "data", per_class=3)
     bad = root / "ball" / "1.nii.gz"
@@ -171,7 +171,7 @@ def test_train_resume_and_predict_on_volumes(project, tmp_path):
 def test_the_mni152_demo_splits_by_hemisphere():
     """Patches of the left hemisphere train, of the right validate: no voxel shared; classes balanced."""
     pytest.importorskip("nilearn")
-    from utils.brain import PER_CLASS, REGIONS, brain_patches, patch_geometry, read_template
+    from data.brain import PER_CLASS, REGIONS, brain_patches, patch_geometry, read_template
 
     side = 16
     parts = brain_patches(side)
@@ -216,7 +216,7 @@ def test_both_3d_models_export_with_parity(tmp_path, name):
 def test_geometry_maps_resampled_voxels_to_the_world_and_writes_back(tmp_path):
     """A bright slab at known millimetres, in a file whose first axis runs to the left: after reading
     (RAS+), resampling to half the size and writing back with the kept affine, the slab is where it was."""
-    from utils.volumes import canonical_header, geometry, read_array, resampled, resampled_affine, save_nifti
+    from data.volumes import canonical_header, geometry, read_array, resampled, resampled_affine, save_nifti
 
     data = np.zeros(SHAPE, np.float32)
     data[4:6] = 1.0  # file voxels 4 and 5 on axis 0: x = 30 - 2 * 4.5 = 21 mm
@@ -237,10 +237,10 @@ def test_geometry_maps_resampled_voxels_to_the_world_and_writes_back(tmp_path):
 
 
 def test_a_flat_folder_is_unlabelled_and_a_classifier_refuses_it(tmp_path):
+    from data.loading import build_data
     from tasks import configs
     from tasks.classify import Classify
     from utils.config import load_config
-    from utils.dataloader import build_data
 
     root = make_volumes(tmp_path / "data", per_class=3)
     flat = tmp_path / "flat"

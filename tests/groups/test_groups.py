@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
+from data.loading import fold_assignment
 from tests.conftest import copy_project, make_image_folder
-from utils.dataloader import fold_assignment
 
 GROUP = ("seeds=0,1", "folds=3", "epochs=2")
 
@@ -199,7 +199,7 @@ def test_a_killed_member_continues_exactly_and_only_missing_members_train(projec
     reference = {(m["seed"], m["fold"]): project.info(m["run"])["weights"]["sha256"] for m in group_json(project, whole)["members"]}
     assert {(m["seed"], m["fold"]): project.info(m["run"])["weights"]["sha256"] for m in g["members"]} == reference
     assert g["status"] == "finished" and all(project.status(r) != "running" for r in project.run_ids())
-    from utils.runstore import read_metrics
+    from store.runs import read_metrics
     from utils.stats import interval95
     rows = [read_metrics(project.experiments / m["run"])[-1] for m in g["members"]]
     assert g["aggregate"]["val_acc"] == interval95([row["val_acc"] for row in rows])

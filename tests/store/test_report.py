@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-import utils.runstore as rs
-from utils.report import write_index
+import store.runs as rs
+from store.page import write_index
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-import utils.runstore as rs
+import store.runs as rs
 from utils.errors import UsageError
 
 
@@ -106,6 +106,6 @@ def test_list_shows_killed_and_damaged(store):
     rs.write_json(done / "run.json", {"id": done.name, "status": "finished", "start_utc": "2026-01-01T00:00:05",
                                       "weights": {"size": 4}})
     assert [r["status"] for r in rs.list_runs()] == ["killed", "damaged"]
-    from utils.listing import format_table
+    from store.listing import format_table
     table = format_table(rs.list_runs())
     assert "killed" in table and "damaged" in table

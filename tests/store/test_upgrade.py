@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.upgrade import run_format, upgrade_run, upgrade_state
+from store.upgrade import run_format, upgrade_run, upgrade_state
 
-FIXTURES = Path(__file__).parent / "fixtures" / "old_runs"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "old_runs"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 
 

@@ -44,8 +44,8 @@ def test_the_networks_are_sized_from_the_volume(size, width):
 
 @pytest.mark.parametrize("size", [12, [8, 8, 16], 4])
 def test_a_volume_size_the_networks_cannot_take_is_a_usage_error(size):
+    from data.loading import DataInfo
     from tasks.alpha_wgan_gp.training import build_networks
-    from utils.dataloader import DataInfo
 
     info = DataInfo([], 1, tuple(size) if isinstance(size, list) else (size,) * 3, (0.5,), (0.5,))
     with pytest.raises(UsageError, match="volume_size"):

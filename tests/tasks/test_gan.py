@@ -90,9 +90,9 @@ def test_inference_and_ab_report_of_gan_runs(gan_store):
 
 
 def test_monitor_must_be_a_metric_of_the_task():
-    from tasks.base import resolve_auto
     from tasks.classify import Classify
     from tasks.wgan_gp import WganGp
+    from train.run import resolve_auto
     from utils.errors import UsageError
 
     model = torch.nn.Linear(2, 2)

@@ -51,7 +51,7 @@ def sha(project, run_id: str) -> str:
 
 def config_class(task: str, project) -> type:
     if task == "denoise":
-        from tests.denoise_task import DenoiseConfig
+        from tests.tasks.denoise_task import DenoiseConfig
         return DenoiseConfig
     return task_dict[task].config
 

@@ -112,11 +112,11 @@ def test_batchnorm_statistics_pool_every_process(project):
     saved ones, and inference.py in one process measures exactly the val_acc the run recorded."""
     import torch
 
+    from data.loading import EpochBatchSampler, build_data
+    from store.upgrade import saved_config
     from tasks import configs, task_dict
     from train.norm_stats import batchnorms, recompute_batchnorm
     from train.phases import Batch
-    from utils.config import saved_config
-    from utils.dataloader import EpochBatchSampler, build_data
 
     r = torchrun(project, 2, "device=cpu", "epochs=1", "amp=none")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]

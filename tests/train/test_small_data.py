@@ -146,9 +146,9 @@ def eval_and_train_mode_accuracy(project, run_id) -> tuple[float, float]:
     either, and the split is stored class by class: a batch of one class normalises the class away)."""
     from safetensors.torch import load_file
 
+    from data.loading import build_data
+    from store.upgrade import saved_config
     from tasks import configs, task_dict
-    from utils.config import saved_config
-    from utils.dataloader import build_data
 
     info = project.info(run_id)
     cfg = saved_config(json.loads(json.dumps(info["config"])), configs, info["format"])
