@@ -25,8 +25,8 @@ from typing import Optional
 
 from store.commands import add_store_options, check_store_options, store_command
 from tasks import configs, task_dict
-from utils.config import load_config, make_parser, parse_args
-from utils.errors import run_main
+from utils.config import is_group, load_config, make_parser, parse_args
+from utils.errors import UsageError, run_main
 from utils.features import features
 
 
@@ -38,6 +38,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     for feature in features():  # --sweep FILE, then seeds or folds
         if feature.train is not None and (code := feature.train(args, config)) is not None:
             return code
+    if is_group(config()):  # no feature took it: groups/ was removed
+        raise UsageError("seeds, folds: a group needs the groups feature (groups/, and its line in utils/features.py); "
+                         "drop seeds and folds, or give fold=F for one fold")
     from train.run import plan_run, train_run  # torch from here on
 
     return train_run(plan_run(config(), task_dict))

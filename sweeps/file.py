@@ -3,7 +3,7 @@ before anything is written. No optuna here (sweeps/study.py runs the study). Its
 metric (default: the task's monitor), direction (default: from the metric), sampler (tpe | random |
 grid), sampler_seed, pruner (none | median | halving), storage (null: a journal file; or
 postgresql://...), fixed (keys every trial gets) and space (searched keys: choices, uniform,
-log_uniform, int with step). README's "Sweeps" shows a whole file.
+log_uniform, int with step). docs/sweeps.md shows a whole file.
 """
 import dataclasses
 import json
@@ -65,7 +65,7 @@ class SweepFile:
 def read_sweep_file(path: str, cls: type) -> SweepFile:
     """Read and check FILE against the keys of the config class `cls` (the task's)."""
     if not Path(path).is_file():
-        raise UsageError(f"--sweep: no sweep file {path}; give a YAML file with trials and space (README: Sweeps)")
+        raise UsageError(f"--sweep: no sweep file {path}; give a YAML file with trials and space (docs/sweeps.md)")
     data = read_yaml(Path(path))
     unknown = [k for k in data if k not in FILE_KEYS]
     if unknown:

@@ -1,5 +1,5 @@
 """task_dict: the one registry of tasks. A task is a package, tasks/<name>/, whose Task subclass
-(tasks/base.py) holds everything specific to what the loop trains (README, "Adding a task");
+(tasks/base.py) holds everything specific to what the loop trains (docs/tasks.md, "Adding a task");
 train.py, inference.py and the Trainer call only its members, so the run store, state.pt, resume,
 DDP, AMP and the reports work for every task. Importing this module does not import torch."""
 from tasks.alpha_wgan_gp import AlphaWganGp

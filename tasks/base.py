@@ -4,7 +4,7 @@ simple task writes only what is its own.
 A task (tasks/<name>/) holds everything specific to what is trained: its config keys, models,
 optimizers, the losses of its training phases (train/phases.py), validation metrics, inference,
 A/B report and export. The Trainer owns the mechanics of a step and is handed the phases; it
-never asks what the task is. README's "Adding a task" lists the members.
+never asks what the task is. docs/tasks.md's "Adding a task" lists the members.
 
 torch is imported inside the methods: the mains read the task registry (its config classes)
 for --help and --list, which answer without importing torch.

@@ -30,6 +30,15 @@ def test_config_yaml_matches_the_dataclass():
     assert DEFAULT_CONFIG.read_text().strip().splitlines()[-1].startswith("base_model:")
 
 
+def test_config_yaml_comments_are_the_help():
+    """One description per key: each comment in config.yaml is the text --help prints for that key."""
+    for line in DEFAULT_CONFIG.read_text().splitlines():
+        if re.match(r"^\w+:", line):
+            key, comment = line.split(":")[0], line.split("#", 1)[1].strip()
+            assert comment == config_module.meaning(ClassifyConfig, key, configs), key
+            assert comment in keys_help(configs), key
+
+
 def yaml_value(v):
     return "auto" if v is None else v  # channels_last: auto is None until resolved
 

@@ -97,12 +97,18 @@ def test_curves_that_cannot_be_drawn(project):
 
 
 @pytest.mark.slow
-def test_a_group_and_a_sweep_whose_stdout_closes_midway_finish_every_member(project):
+@pytest.mark.groups
+def test_a_group_whose_stdout_closes_midway_finishes_every_member(project):
     r = subprocess.run(f"{sys.executable} train.py seeds=0,1 epochs=1 progress=false | head -2", shell=True,
                        cwd=project.root, capture_output=True, text=True, timeout=600)
     (group,) = [json.loads(p.read_text()) for p in (project.experiments / "groups").glob("*/group.json")]
     assert group["status"] == "finished" and len(project.run_ids()) == 2, r.stderr
     assert all(project.info(m)["status"] == "finished" for m in project.run_ids())
+
+
+@pytest.mark.slow
+@pytest.mark.sweeps
+def test_a_sweep_whose_stdout_closes_midway_finishes_every_trial(project):
     pytest.importorskip("optuna")
     sweep = project.root / "sweep.yaml"
     sweep.write_text("trials: 2\nfixed: {epochs: 1}\nspace: {lr: {log_uniform: [1.0e-3, 1.0e-2]}}\n")

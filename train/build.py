@@ -30,7 +30,7 @@ def model_source_hash(*names: str) -> str:
 # batch_size: auto. 64 suits the digits and the named sets; a small training split (medical volumes are
 # tens to hundreds) would give only a step or two an epoch at 64, too few to train or to learn
 # BatchNorm statistics from, so the batch is halved until an epoch has AUTO_MIN_STEPS steps
-# (measured in README "Small data sets").
+# (measured in docs/data.md, "Small data sets").
 AUTO_BATCH, AUTO_MIN_BATCH, AUTO_MIN_STEPS = 64, 4, 20
 
 

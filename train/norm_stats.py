@@ -3,7 +3,7 @@
 Why: BatchNorm's running averages (momentum 0.1) trail the weights. A small data set gives a few
 steps an epoch, so after a few epochs the averages are still partly their initial values and
 partly statistics of weights long gone: validation in eval mode then measures another model than
-the one trained (README "Small data sets"). So before each validation the Trainer recomputes
+the one trained (docs/data.md, "Small data sets"). So before each validation the Trainer recomputes
 them, for the weights it is about to evaluate, over the epoch's first `bn_stats_samples`
 training samples: the same order and augmentation as training (a pure function of seed, epoch
 and index), the same micro-batches (so deeper layers see inputs normalised as in training), the

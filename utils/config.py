@@ -46,6 +46,10 @@ def key(default: Any, help: str, *, choices: Optional[tuple] = None, at_least: O
     return field(default=default, metadata={"help": help, **checks})
 
 
+# The `task` key's description: each task's config repeats the field with its own default.
+TASK_HELP = "what the loop trains: {tasks} (a key of task_dict, tasks/; default its first); its own keys follow it"
+
+
 @dataclass
 class Config:
     """The keys every task shares. A task's config class adds its own keys (tasks/<name>/config.py)."""
@@ -59,7 +63,7 @@ class Config:
     lr: float = key(3e-3, "peak learning rate", above=0)
     optimizer: str = key("adamw", "sgd | adam | adamw", choices=("sgd", "adam", "adamw"))
     momentum: float = key(0.9, "momentum (sgd only)", at_least=0, below=1)
-    weight_decay: float = key(1e-4, "weight decay", at_least=0)
+    weight_decay: float = key(1e-4, "weight decay (not applied to biases and norm weights)", at_least=0)
     scheduler: str = key("cosine", "none | step | cosine (stepped every optimizer step)", choices=("none", "step", "cosine"))
     step_size: int = key(3, "epochs between lr drops (scheduler: step)", at_least=1)
     gamma: float = key(0.1, "lr factor at each drop (scheduler: step)", above=0, at_most=1)
@@ -122,7 +126,7 @@ class Config:
     name: Optional[str] = key(None, "a short label for the run (letters, digits . _ + -); name:<name> picks the newest run with it")
     tags: list[str] = key([], "labels to filter runs by: [baseline, sweep1] or tags=a,b")
     notes: Optional[str] = key(None, "free text kept with the run (more can be added later: train.py --note ID TEXT)")
-    task: str = key("", "what the loop trains: a key of task_dict (tasks/; default its first); its own keys follow it")
+    task: str = key("", TASK_HELP)
 
 
 # Keys that describe the machine a run is on, not the experiment.
@@ -497,13 +501,19 @@ def to_yaml(cfg: Config, header: str = "") -> str:
 
 
 # ---------------------------------------------------------------- the command line
+def meaning(cls: type, name: str, configs: dict[str, type]) -> str:
+    """A key's one description, for --help and config/config.yaml's comment (a test keeps them equal):
+    the field's help, with {tasks} standing for the registered tasks."""
+    return fields_of(cls)[name].metadata["help"].replace("{tasks}", " | ".join(configs))
+
+
 def keys_help(configs: dict[str, type]) -> str:
     """Every key with its default and meaning, for --help: the shared keys, then each task's own."""
     width = max(map(len, every_key(configs)))
 
     def row(cls: type, name: str) -> str:
         default = yaml.safe_dump(yaml_value(cls, name, defaults_of(cls)[name])).splitlines()[0]
-        return f"  {name:<{width}}  {default:<{HELP_COLUMN}} {fields_of(cls)[name].metadata['help']}"
+        return f"  {name:<{width}}  {default:<{HELP_COLUMN}} {meaning(cls, name, configs)}"
     parts = ["config keys (KEY=VALUE overrides one; default, then meaning):", *(row(Config, k) for k in SHARED_KEYS)]
     for task, cls in configs.items():
         parts += ["", f"keys of task {task} (set task={task}; its defaults replace the shared ones above):"]

@@ -2,12 +2,12 @@
 from dataclasses import dataclass
 from typing import Optional
 
-from utils.config import Config, key
+from utils.config import TASK_HELP, Config, key
 
 
 @dataclass
 class AlphaWganGpConfig(Config):
-    task: str = key("alpha_wgan_gp", "what the loop trains: a key of task_dict (tasks/); its own keys follow it")
+    task: str = key("alpha_wgan_gp", TASK_HELP)
     dataset: str = key("mni152", "the data set: a volume set (mni152: the offline brain patches; volume_folder: your NIfTI files)",
                        choices=("mni152", "volume_folder"))
     volume_size: Optional[list[int]] = key([32, 32, 32], "volumes are resampled to this cube: a power of two from 8 to 256",
@@ -28,6 +28,6 @@ class AlphaWganGpConfig(Config):
     code_critic_width: int = key(256, "hidden width of the code critic's MLP (the paper: 4096)", at_least=1)
     critic_norm: str = key("none", "normalisation in D and CD: none | layer | batch (the paper: batch, which collapsed here: "
                            "held-out L1 stuck at 0.61, samples' MS-SSIM 0.94; layer: L1 0.29 against none's 0.26, MMD^2 "
-                           "0.15 against 0.19; README)", choices=("none", "layer", "batch"))
+                           "0.15 against 0.19; docs/tasks.md)", choices=("none", "layer", "batch"))
     l1_weight: float = key(10.0, "lambda: weight of the reconstruction L1 in the encoder and generator's loss", at_least=0)
     gp_weight: float = key(10.0, "weight of both critics' gradient penalties (the norm over each whole sample)", at_least=0)

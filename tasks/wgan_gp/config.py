@@ -1,14 +1,14 @@
 """The keys of task wgan_gp, and its recipe: the shared keys whose defaults it changes (measured on
-the digits: README, "WGAN-GP")."""
+the digits: docs/tasks.md, "WGAN-GP")."""
 from dataclasses import dataclass
 from typing import Optional
 
-from utils.config import Config, key
+from utils.config import TASK_HELP, Config, key
 
 
 @dataclass
 class WganGpConfig(Config):
-    task: str = key("wgan_gp", "what the loop trains: a key of task_dict (tasks/); its own keys follow it")
+    task: str = key("wgan_gp", TASK_HELP)
     epochs: int = key(300, "total epochs of the run, counted across its resumed parents", at_least=1)
     lr: float = key(1e-3, "peak learning rate (the generator's; the critic's too unless critic_lr)", above=0)
     ema_decay: float = key(0.999, "EMA of the generator and critic, moved after each generator step (0: off); its "

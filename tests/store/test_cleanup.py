@@ -7,12 +7,12 @@ import sys
 
 import pytest
 from filelock import FileLock
-from tests.store.test_report import make_runs
 
 import store.runs as rs
 from store import cleanup, listing
 from tasks import configs
 from tests.conftest import copy_project
+from tests.store.test_report import make_runs
 from utils.errors import UsageError
 
 
