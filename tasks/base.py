@@ -38,6 +38,7 @@ class Task:
     config: type = Config               # its config class: Config plus its own keys (and its recipe's defaults)
     modes: dict[str, str] = {}          # its validation metrics `monitor` may name -> "max" or "min" (which is better)
     compares_with: tuple[str, ...] = ()  # other tasks whose runs its --compare takes beside its own
+    low_precision: bool = True          # amp: auto may pick bf16 (False: fp32 unless asked, e.g. a loss differentiated twice)
 
     # ------------------------------------------------------------ building (train.py calls these)
     def default_monitor(self, cfg: Config) -> str:

@@ -91,13 +91,14 @@ def environment_warnings(recorded: dict, device: torch.device) -> list[str]:
             for k in ("threads", "versions", "world_size", "device") if recorded.get(k) != now[k]]
 
 
-def resolve_machine(cfg: Config, device: torch.device, model: torch.nn.Module) -> Config:
+def resolve_machine(cfg: Config, device: torch.device, model: torch.nn.Module, low_precision: bool = True) -> Config:
     """amp and channels_last with `auto` replaced by what they mean on this device for this model, as
-    config.yaml records them: amp bf16 where the device runs it natively, else none; channels_last
-    (a bool from here on) for convolutional models where measured."""
+    config.yaml records them: amp bf16 where the device runs it natively (and the task allows it:
+    Task.low_precision), else none; channels_last (a bool from here on) for convolutional models
+    where measured."""
     from torch import nn
 
-    amp = ("bf16" if native_bf16(device) else "none") if cfg.amp == "auto" else cfg.amp
+    amp = ("bf16" if low_precision and native_bf16(device) else "none") if cfg.amp == "auto" else cfg.amp
     # channels_last (channels_last_3d for 3D models): measured faster on CPU for both (bench/bench.py,
     # bench/volumes.py: 0.92x the epoch time in bf16, 0.82x in fp32 for small_cnn3d); on CUDA for 2D models.
     places = {nn.Conv2d: ("cpu", "cuda"), nn.Conv3d: ("cpu",)}

@@ -69,7 +69,7 @@ def resolve_auto(cfg: Config, device: torch.device, model: torch.nn.Module, task
     the task's own (Task.resolve)."""
     from train.device import resolve_machine
 
-    cfg = resolve_machine(cfg, device, model)
+    cfg = resolve_machine(cfg, device, model, task.low_precision)
     monitor = task.default_monitor(cfg) if cfg.monitor == "auto" else cfg.monitor
     if monitor not in task.modes:
         raise UsageError(f"monitor: '{monitor}' is not a validation metric of task {cfg.task}; use auto or one of "

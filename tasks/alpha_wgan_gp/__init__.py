@@ -29,13 +29,14 @@ class AlphaWganGp(Task):
     config = AlphaWganGpConfig
     # val_pair_msssim (diversity) is recorded too, but is no monitor: noise has the lowest
     modes = {"val_l1": "min", "val_mmd": "min", "val_ssim": "max", "val_wdist": "min"}
+    low_precision = False  # fp32 unless asked: the penalties differentiate twice
     compares_with = ("wgan_gp",)  # a 3D wgan_gp run on the same volumes: the paper's ablation (report.compare)
 
     # ------------------------------------------------------------ building
     def resolve(self, cfg: AlphaWganGpConfig) -> dict:
         """Left-right flips alone (volume_flip: the training patches of mni152 are the left hemisphere's, the
-        held-out ones the right's); fp32 unless asked (the penalties differentiate twice)."""
-        return {"augment": "volume_flip" if cfg.augment == "auto" else cfg.augment} | ({"amp": "none"} if cfg.amp == "auto" else {})
+        held-out ones the right's)."""
+        return {"augment": "volume_flip" if cfg.augment == "auto" else cfg.augment}
 
     def prepare_data(self, cfg: AlphaWganGpConfig, data: Data) -> Data:
         """The volumes normalised to [-1, 1], the generator's tanh range."""

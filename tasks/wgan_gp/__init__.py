@@ -28,6 +28,7 @@ class WganGp(Task):
     name = "wgan_gp"
     config = WganGpConfig
     modes = {"val_fd": "min", "val_wdist": "min"}  # lower is better for both
+    low_precision = False  # fp32 unless asked: the gradient penalty differentiates twice
 
     def __init__(self):
         self.reference = None  # the measuring classifier of val_fd, loaded on first use (measure.Reference)
@@ -37,15 +38,12 @@ class WganGp(Task):
 
     # ------------------------------------------------------------ building
     def resolve(self, cfg: WganGpConfig) -> dict:
-        """No augmentation; fp32 unless asked (the penalty differentiates twice); fid_features pinned to a
-        run id; the default DCGAN pair in 3D on volumes."""
+        """No augmentation; fid_features pinned to a run id; the default DCGAN pair in 3D on volumes."""
         from tasks.wgan_gp.report import find_classifier
         from tasks.wgan_gp.training import gan_names
 
         generator, critic = gan_names(cfg)
         out = {"augment": "none" if cfg.augment == "auto" else cfg.augment, "generator": generator, "critic": critic}
-        if cfg.amp == "auto":
-            out["amp"] = "none"
         if cfg.fid_features is not None:
             out["fid_features"] = find_classifier(cfg.fid_features, cfg)["id"]
         return out
