@@ -43,7 +43,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "drop seeds and folds, or give fold=F for one fold")
     from train.run import plan_run, train_run  # torch from here on
 
-    return train_run(plan_run(config(), task_dict))
+    typed = frozenset(word.split("=", 1)[0] for word in args.overrides)  # an unfinished run keeps its planned epochs unless typed
+    return train_run(plan_run(config(), task_dict, typed))
 
 
 def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:

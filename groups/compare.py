@@ -7,10 +7,10 @@ from typing import Optional
 
 import numpy as np
 
-from groups.folder import PREDICTION_FILES, final_rows, find_group, groups_dir, list_groups, member_tips
+from groups.folder import PREDICTION_FILES, final_rows, find_group, groups_dir, list_groups, member_name, member_tips, missing_members
 from store.runs import write_json, write_text
-from utils.errors import UsageError
-from utils.stats import mcnemar, paired_bootstrap
+from utils.errors import UsageError, a_an
+from utils.stats import mcnemar, p_text, paired_bootstrap
 
 BOOTSTRAP = 10_000  # resamples of the matched pairs
 
@@ -44,8 +44,11 @@ def pairing_problem(a: dict, b: dict) -> Optional[str]:
     for g in (a, b):
         if g.get("status") != "finished":
             return f"group {g['id']} is {g.get('status')}; finish it first by running its command again"
+        if missing := missing_members(g):
+            return (f"group {g['id']} is missing its member {member_name(missing[0])} (its run was deleted); restore it with "
+                    f"python train.py --restore, or retrain it by running the group's command again")
     if a["task"] != b["task"] or a["monitor"] != b["monitor"]:
-        return f"A is a {a['task']} group judged by {a['monitor']}, B a {b['task']} group judged by {b['monitor']}"
+        return f"A is {a_an(a['task'])} group judged by {a['monitor']}, B {a_an(b['task'])} group judged by {b['monitor']}"
     if a["folds"] != b["folds"]:
         return f"the folds differ: A has {a['folds'] or 'no'} folds, B {b['folds'] or 'no'}"
     if a.get("fold_sha256") != b.get("fold_sha256"):
@@ -114,15 +117,15 @@ def verdict(metric: str, mode: str, mean: float, interval: list[float], test: st
                 "do not change what is trained; keep either.")
     if lo <= 0 <= hi:
         return (f"No difference detected: B - A in {metric} is {mean:+.4f}, and its 95% interval [{lo:+.4f}, {hi:+.4f}] includes 0 "
-                f"({test} p = {p:.3g}); the change does not matter at this size, so keep the simpler of the two, or add seeds "
+                f"({test}, {p_text(p)}); the change does not matter at this size, so keep the simpler of the two, or add seeds "
                 f"or folds to detect an effect smaller than {max(abs(lo), abs(hi)):.4f}.")
     better = (mean > 0) == (mode == "max")
     who, act = ("B", "adopt B's change") if better else ("A", "keep A and drop B's change")
     if not p < 0.05:
         return (f"{who} looks better ({metric} {mean:+.4f} B - A, interval [{lo:+.4f}, {hi:+.4f}]) but the {test} does not "
-                f"confirm it (p = {p:.3g}); add seeds or folds before you {act}.")
+                f"confirm it ({p_text(p)}); add seeds or folds before you {act}.")
     return (f"{who} is better: {metric} {mean:+.4f} B - A over the matched members (95% interval [{lo:+.4f}, {hi:+.4f}], "
-            f"{test} p = {p:.3g}); {act}.")
+            f"{test}, {p_text(p)}); {act}.")
 
 
 def compare_groups(a: dict, b: dict) -> int:
@@ -171,10 +174,10 @@ def markdown(r: dict) -> str:
     lo, hi = r["bootstrap_ci95"]
     lines += ["", f"- mean difference B - A: {r['mean_difference']:+.4f}, paired bootstrap 95% interval [{lo:+.4f}, {hi:+.4f}] "
               f"({r['bootstrap_resamples']:,} resamples of the pairs)",
-              f"- {r['test']} test on the {len(r['pairs'])} paired differences: p = {r['p']:.3g}"]
+              f"- {r['test']} on the {len(r['pairs'])} paired differences: {p_text(r['p'])}"]
     m = r["mcnemar"]
     lines.append(f"- McNemar's exact test on {m['pairs']:,} pooled held-out predictions: only A right {m['only_a_right']}, "
-                 f"only B right {m['only_b_right']}, p = {m['p_value']:.3g}" if m else
+                 f"only B right {m['only_b_right']}, {p_text(m['p_value'])}" if m else
                  "- McNemar's test: not available (a task without class predictions)")
     return "\n".join(lines + ["", r["verdict"], ""])
 
@@ -190,7 +193,9 @@ def plot_pairs(r: dict, path: Path) -> None:
     ax.axhline(r["mean_difference"], color="black", label="mean")
     ax.axhspan(*r["bootstrap_ci95"], color="grey", alpha=0.3, label="95% interval")
     ax.axhline(0, color="red", lw=0.8)
-    ax.set(xlabel="pair (seed, fold)", ylabel=f"{r['metric']} B - A", title=f"{r['B']} vs {r['A']}")
+    ax.set(xlabel="pair", ylabel=f"{r['metric']} B - A", title=f"A {r['A']} against B {r['B']}")
+    ax.set_xticks(range(len(diffs)), [f"seed {q['seed']}" + ("" if q.get("fold") is None else f"\nfold {q['fold']}")
+                                       for q in r["pairs"]], fontsize=7)
     ax.legend(fontsize=7)
     fig.subplots_adjust(left=0.17, right=0.97, bottom=0.16, top=0.9)
     save_figure(fig, path)

@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 
 from store.runs import GROUPS, allocate_run_dir, is_locked, list_runs, read_metrics, utc_now, write_json
 from store.upgrade import RUN_FORMAT
-from utils.config import Config, changed_keys, experiment_spec
+from utils.config import Config, changed_keys, defaults_of, experiment_spec
 from utils.errors import UsageError
 
 GROUP_FILE = "group.json"
@@ -40,6 +40,13 @@ def members_of(cfg: Config) -> list[tuple[int, Optional[int]]]:
     """(seed, fold) of every member, in training order: each seed's folds in turn."""
     folds = list(range(cfg.folds)) if cfg.folds else [None]
     return [(seed, fold) for seed in (cfg.seeds or [cfg.seed]) for fold in folds]
+
+
+def group_changed(cfg: Config) -> dict:
+    """What sets the group apart in --list: its changed keys, and epochs (every member's), which a run
+    shows in its own column but a group's row shows as members done."""
+    default = defaults_of(type(cfg))["epochs"]
+    return changed_keys(cfg) | ({"epochs": cfg.epochs} if cfg.epochs != default else {})
 
 
 # ---------------------------------------------------------------- reading groups
@@ -76,9 +83,21 @@ def find_group(spec: Optional[str]) -> Optional[dict]:
 
 
 def unfinished_group(spec: dict) -> Optional[dict]:
-    """The newest group of this experiment that has not finished: the one the same command continues."""
-    same = [g for g in list_groups() if g.get("spec") == spec and g.get("status") != "finished"]
+    """The newest group of this experiment that has not finished, or finished and then lost a member
+    (deleted): the one the same command continues."""
+    same = [g for g in list_groups() if g.get("spec") == spec and (g.get("status") != "finished" or missing_members(g))]
     return same[-1] if same else None
+
+
+def missing_members(group: dict, runs: Optional[list[dict]] = None) -> list[tuple]:
+    """(seed, fold) of each planned member without a finished run in experiments/ (never trained, or deleted)."""
+    tips = member_tips(group["id"], runs)
+    return [tuple(m) for m in group.get("plan") or [] if (tips.get(tuple(m)) or {}).get("status") != "finished"]
+
+
+def member_name(member: tuple) -> str:
+    seed, fold = member
+    return f"seed {seed}" + (f" fold {fold}" if fold is not None else "")
 
 
 def member_tips(group_id: str, runs: Optional[list[dict]] = None) -> dict[tuple, dict]:
@@ -152,7 +171,7 @@ class GroupFolder:
     def create(cls, cfg: Config, task: str, monitor: str, mode: str) -> "GroupFolder":
         group_id, folder, start_utc = allocate_run_dir(under=GROUPS)
         info = {"format": RUN_FORMAT, "id": group_id, "status": "running", "task": task, "name": cfg.name, "tags": cfg.tags,
-                "changed": changed_keys(cfg), "seeds": cfg.seeds or [cfg.seed], "folds": cfg.folds, "split_seed": cfg.split_seed,
+                "changed": group_changed(cfg), "seeds": cfg.seeds or [cfg.seed], "folds": cfg.folds, "split_seed": cfg.split_seed,
                 "monitor": monitor,
                 "mode": mode, "plan": [list(m) for m in members_of(cfg)], "spec": experiment_spec(cfg),
                 "fold_sha256": None, "members": [], "aggregate": {}, "start_utc": start_utc}
@@ -202,21 +221,29 @@ def list_rows(runs: list[dict], filters: dict) -> list[dict]:
             raise UsageError(f"--list: no group '{group_id}' in experiments/groups/"
                              f"{'; recent groups: ' + ', '.join(ids) if ids else '; there are no groups yet'}")
         return [r for r in runs if (r.get("group") or {}).get("id") == group_id]
-    rows = [r for r in runs if not r.get("group")] + [group_row(g) for g in list_groups()]
+    rows = [r for r in runs if not r.get("group")] + [group_row(g, runs) for g in list_groups()]
     return sorted(rows, key=lambda r: (r.get("start_utc", ""), r["id"]))
 
 
-def group_row(g: dict) -> dict:
-    """A group as a row of the table: its spec as the config, the members' mean as its metrics."""
+def group_row(g: dict, runs: Optional[list[dict]] = None) -> dict:
+    """A group as a row of the table: its spec as the config, the members' mean as its metrics. With
+    the runs at hand, members done counts the finished members still in experiments/; an aggregate
+    over members since deleted is marked stale."""
     agg = g.get("aggregate") or {}
-    return {"id": g["id"], "kind": "group", "status": g.get("status"), "name": g.get("name"), "tags": g.get("tags") or [],
+    done = g.get("members_done", 0)
+    if runs is not None:
+        done = len(g.get("plan") or []) - len(missing_members(g, runs))
+    incomplete = g.get("status") == "finished" and done < len(g.get("plan") or [])
+    return {"id": g["id"], "kind": "group", "status": "incomplete" if incomplete else g.get("status"), "name": g.get("name"),
+            "tags": g.get("tags") or [],
             "notes": [], "model": g.get("model", "?"), "config": {**(g.get("spec") or {}), "monitor": g.get("monitor")},
             "changed": g.get("changed") or {},
             "metrics": {k: v["mean"] for k, v in agg.items()}, "aggregate": agg, "modes": {g.get("monitor"): g.get("mode")},
-            "members": {"done": g.get("members_done", 0), "total": len(g.get("plan") or [])}, "folder": GROUPS, "unit": "members",
+            "members": {"done": done, "total": len(g.get("plan") or [])}, "folder": GROUPS, "unit": "members",
+            "stale": done < g.get("members_done", 0),
             "start_utc": g.get("start_utc", ""), "end_utc": g.get("end_utc"), "updated_utc": g.get("updated_utc")}
 
 
 def page_rows(runs: list[dict]) -> list[dict]:
     """index.html's group rows (their members fold under them)."""
-    return [group_row(g) for g in list_groups()]
+    return [group_row(g, runs) for g in list_groups()]

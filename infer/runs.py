@@ -71,11 +71,12 @@ class LoadedRun:
 
 
 def run_config(run: dict, task: Task) -> Config:
-    """A run's config.yaml as its task's config, upgraded from the run's format."""
+    """A run's config.yaml as its task's config, upgraded from the run's format. An unusable one is
+    exit 2, as in train.py resume=<id>: the run named cannot be used, and nothing was written."""
     try:
         return saved_config(read_yaml(EXPERIMENTS / run["id"] / "config.yaml"), {task.name: task.config}, run_format(run))
     except UsageError as e:
-        raise RunFailure(f"run {run['id']}: its config.yaml is unusable ({e})") from None
+        raise UsageError(f"run {run['id']}: its config.yaml is unusable ({e}); choose another run") from None
 
 
 def load_run(run: dict, device: torch.device, task: Task, weights: str = "final") -> LoadedRun:
@@ -115,8 +116,13 @@ def checked_data(loaded: LoadedRun) -> Data:
     return data
 
 
-def inference_dir(loaded: LoadedRun) -> Path:
-    """experiments/<id>/inference/, where everything inference writes for a run goes."""
+def inference_dir(loaded: LoadedRun, by_backend: bool = False) -> Path:
+    """experiments/<id>/inference/, where everything inference writes for a run goes; with by_backend,
+    a backend other than torch writes its predictions and metrics in its own sub-folder
+    (inference/onnxruntime/), so each backend's files stay side by side."""
     out = loaded.folder / "inference"
     out.mkdir(exist_ok=True)
+    if by_backend and loaded.backend != "torch":
+        out = out / loaded.backend
+        out.mkdir(exist_ok=True)
     return out

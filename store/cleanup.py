@@ -12,10 +12,12 @@ from filelock import FileLock
 
 from store import runs as runstore
 from store.runs import (
+    GROUPS,
     LABELS_FILE,
     RUN_ID_RE,
     STATE_FILE,
     STORE_LOCK,
+    SWEEPS,
     TRASH,
     VIEW_FILES,
     find_run,
@@ -33,6 +35,7 @@ from store.runs import (
 from utils.errors import UsageError
 
 UNFINISHED = ("running", "killed", "interrupted", "failed")  # statuses of runs that may still be continued
+COLLECTIONS = {GROUPS: "group", SWEEPS: "sweep"}  # experiments/<folder>/<id>: a group or a sweep; its runs name it in run.json
 
 
 # ---------------------------------------------------------------- labels added later
@@ -73,10 +76,12 @@ def needed_by(runs: list[dict]) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------- delete and restore
 def delete_runs(specs: list[str], dry_run: bool = False) -> list[str]:
-    """Move runs to experiments/.trash/. Refused whole for a running run, or one whose state.pt
-    an unfinished run outside the set still needs."""
+    """Move runs to experiments/.trash/; a group or sweep id moves its folder and every run of it.
+    Refused whole for a running run, or one whose state.pt an unfinished run outside the set still needs."""
     runs = list_runs()
-    chosen = _resolve(specs, runs, "--delete", lambda spec: find_run(spec, "--delete", lambda r: True, ""))
+    collections, specs = split_collections(specs, runstore.EXPERIMENTS)
+    chosen = _resolve(specs, runs, "--delete", lambda spec: find_run(spec, "--delete", lambda r: True, ""), bool(collections))
+    chosen += [r for r in runs if any((r.get(COLLECTIONS[f]) or {}).get("id") == i for f, i in collections) and r not in chosen]
     ids = [r["id"] for r in chosen]
     needs = needed_by(runs)
     problems = [f"run {r['id']} is running; stop it first" for r in chosen if r.get("status") == "running"]
@@ -88,21 +93,55 @@ def delete_runs(specs: list[str], dry_run: bool = False) -> list[str]:
     if problems:
         raise UsageError("--delete: " + "; ".join(problems) + " (nothing was deleted)")
     experiments = runstore.EXPERIMENTS
+    _move_collections(collections, experiments, experiments / TRASH, dry_run)
     _move(ids, experiments, experiments / TRASH, dry_run, "would move" if dry_run else "moved", "to experiments/.trash/")
     if not dry_run:
-        print(f"restore with: python train.py --restore {' '.join(ids)}")
+        print(f"restore with: python train.py --restore {' '.join([i for _, i in collections] or ids)}")
+        for r in chosen:  # a member of a group kept (run.json's group): the group is now incomplete
+            g = r.get("group")
+            if g and ("groups", g["id"]) not in collections:
+                print(f"note: run {r['id']} was the member seed {g['seed']}{'' if g.get('fold') is None else ' fold ' + str(g['fold'])} "
+                      f"of group {g['id']}, which is now incomplete; its aggregate is stale until the group's command runs again "
+                      "(it retrains the member) or the run is restored")
     return ids
 
 
+def split_collections(specs: list[str], base: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """The specs that name a group or a sweep under base (experiments/ or its .trash/), as (folder, id),
+    and the rest (runs). An id that names both a run and a group is refused."""
+    collections, rest = [], []
+    for spec in specs:
+        found = [(f, spec) for f in COLLECTIONS if RUN_ID_RE.match(spec) and (base / f / spec).is_dir()]
+        if found and (base / spec).is_dir():
+            raise UsageError(f"{spec} names both a run and a {COLLECTIONS[found[0][0]]}; nothing was changed")
+        collections += found[:1]
+        rest += [] if found else [spec]
+    return collections, rest
+
+
+def _move_collections(collections: list[tuple[str, str]], src: Path, dst: Path, dry_run: bool) -> None:
+    for folder, cid in collections:
+        print(f"{'would move' if dry_run else 'moved'} {COLLECTIONS[folder]} {cid} ({folder}/{cid}) and its runs")
+        if not dry_run:
+            (dst / folder).mkdir(parents=True, exist_ok=True)
+            with FileLock(runstore.EXPERIMENTS / STORE_LOCK):
+                os.rename(src / folder / cid, dst / folder / cid)
+
+
 def restore_runs(specs: list[str], dry_run: bool = False) -> list[str]:
-    """Move runs back from experiments/.trash/; refused when a run of that id exists again."""
+    """Move runs back from experiments/.trash/ (a group or sweep id: its folder and its runs); refused
+    when a run of that id exists again."""
     trash = runstore.EXPERIMENTS / TRASH
     runs = trashed_runs()
-    chosen = _resolve(specs, runs, "--restore", lambda spec: _in_trash(spec, runs))
+    collections, specs = split_collections(specs, trash)
+    chosen = _resolve(specs, runs, "--restore", lambda spec: _in_trash(spec, runs), bool(collections))
+    chosen += [r for r in runs if any((r.get(COLLECTIONS[f]) or {}).get("id") == i for f, i in collections) and r not in chosen]
     ids = [r["id"] for r in chosen]
     clash = [i for i in ids if (runstore.EXPERIMENTS / i).exists()]
+    clash += [f"{f}/{i}" for f, i in collections if (runstore.EXPERIMENTS / f / i).exists()]
     if clash:
         raise UsageError(f"--restore: experiments/{clash[0]} exists already; move it away first (nothing was restored)")
+    _move_collections(collections, trash, runstore.EXPERIMENTS, dry_run)
     _move(ids, trash, runstore.EXPERIMENTS, dry_run, "would restore" if dry_run else "restored", "to experiments/")
     return ids
 
@@ -124,8 +163,8 @@ def _in_trash(spec: str, runs: list[dict]) -> dict:
     return run
 
 
-def _resolve(specs: list[str], runs: list[dict], option: str, find: Callable[[str], dict]) -> list[dict]:
-    if not specs:
+def _resolve(specs: list[str], runs: list[dict], option: str, find: Callable[[str], dict], more: bool = False) -> list[dict]:
+    if not specs and not more:
         raise UsageError(f"{option} needs at least one run id")
     chosen = {}
     for spec in specs:

@@ -3,14 +3,19 @@ metric), filtered and sorted, or as JSON for scripts. Reads run.json files only:
 thousand runs list at once."""
 import datetime
 import json
+import os
+import shutil
+import sys
 from typing import Any, Optional
 
-from store.runs import list_runs, shown_run
+from store import runs as runstore
+from store.runs import find_state, list_runs, shown_run
 from utils.config import LABEL_KEYS, Config, convert, defaults_of, every_key, fields_of, parse_override, suggest
-from utils.errors import UsageError
+from utils.errors import UsageError, count
 from utils.features import hooks
 
-STATUSES = ("running", "finished", "pruned", "failed", "interrupted", "killed", "damaged")  # pruned: finished, stopped by a sweep
+# pruned: finished, stopped by a sweep; incomplete: a group that lost a member
+STATUSES = ("running", "finished", "pruned", "failed", "interrupted", "killed", "damaged", "incomplete")
 # Filters besides the config keys (which match the run's config.yaml values).
 FIELDS = ("status", "name", "tag", "model", "parent", "group", "sweep")
 COLUMNS = ("best", "id", "name", "status", "model", "epochs", "duration", "params")  # --sort also takes metrics, config keys
@@ -158,6 +163,7 @@ def metric_text(run: dict, where: str, metric: str, common: str) -> str:
         return "-"
     ci = ((run.get("aggregate") or {}).get(metric) or {}).get("ci95")
     text = f"{value:.4f}" + (f"±{(ci[1] - ci[0]) / 2:.4f}" if ci else "")  # a group: the members' mean and 95% interval
+    text += " (stale)" if run.get("stale") else ""  # over members since deleted
     return text if metric == common else f"{metric}={text}"
 
 
@@ -174,22 +180,55 @@ def epochs_text(r: dict) -> str:
 
 
 def format_table(runs: list[dict]) -> str:
-    """The table --list prints: every run, oldest first; '*' marks the one shown in checkpoints/."""
+    """The table --list prints: every run, oldest first; '*' marks the one shown in checkpoints/.
+    When the runs are judged by different metrics, the column is 'metric' and each cell names its own."""
     shown = (shown_run() or {}).get("id")
     monitors = [headline(r) for r in runs]
-    common = max(set(monitors), key=monitors.count) if monitors else "metric"
-    header = ("", "id", "status", "name", "model", "epochs", common, "best", "parent", "duration", "tags", "changed")
+    common = monitors[0] if monitors and len(set(monitors)) == 1 else None
+    header = ("", "id", "status", "name", "model", "epochs", common or "metric", "best", "parent", "duration", "tags", "changed")
     rows = [header]
     for r, metric in zip(runs, monitors):
         rows.append(("*" if r["id"] == shown else "", r["id"], shown_status(r), r.get("name") or "-", r.get("model", "?"),
                      epochs_text(r), metric_text(r, "final", metric, common),
-                     metric_text(r, "best", metric, common), (r.get("parent") or {}).get("id") or "-",
+                     metric_text(r, "best", metric, metric), (r.get("parent") or {}).get("id") or "-",
                      format_duration(duration_seconds(r)), ",".join(r.get("tags") or []) or "-", format_changed(changed(r))))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines = fit_width([[str(c) for c in row] for row in rows], ELASTIC)
     if len(rows) == 1:
         lines.append("(no runs match)" if list_runs() else "(no runs yet: python train.py starts one)")
-    return "\n".join(lines)
+    if shown in {r["id"] for r in runs}:
+        lines.append("* the run checkpoints/ shows (the latest started)")
+    return "\n".join(lines + to_continue(runs))
+
+
+ELASTIC = (3, 4, 8, 10, 11)  # name, model, parent, tags, changed: the columns cut (ending in '~') to fit the terminal
+
+
+def fit_width(rows: list[list[str]], elastic: tuple[int, ...]) -> list[str]:
+    """Rows as aligned lines; in a terminal (or with COLUMNS set), the elastic columns are cut, widest
+    first, until a line fits its width. Piped to a file, nothing is cut."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    if sys.stdout.isatty() or "COLUMNS" in os.environ:
+        limit = shutil.get_terminal_size().columns
+        while sum(widths) + 2 * (len(widths) - 1) > limit:
+            i = max(elastic, key=lambda k: widths[k])
+            if widths[i] <= 5:
+                break
+            widths[i] -= 1
+    cut = [[c if len(c) <= w else c[:w - 1] + "~" for c, w in zip(row, widths)] for row in rows]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cut]
+
+
+def to_continue(runs: list[dict]) -> list[str]:
+    """A line for each killed or interrupted run that has saved state and no continuation yet:
+    the command that continues it (a SIGKILLed run could not say so itself)."""
+    continued = {(r.get("parent") or {}).get("id") for r in list_runs()}
+    lines = []
+    for r in runs:
+        if r.get("kind") is None and r.get("status") in ("killed", "interrupted") and r["id"] not in continued \
+                and find_state(runstore.EXPERIMENTS, r["id"]) is not None:
+            lines.append(f"run {r['id']} ({r['status']} after {r.get('epochs_done', 0)} of {count(r.get('epochs', 0), 'epoch')}): "
+                         f"continue it with python train.py resume={r['id']}")
+    return lines
 
 
 def summary(run: dict) -> dict:

@@ -26,10 +26,15 @@ th,td{border-bottom:1px solid #ddd;padding:3px 6px;text-align:left;vertical-alig
 th{position:sticky;top:0;background:#f4f4f4;cursor:pointer;user-select:none}
 th.asc::after{content:" \\25B2"} th.desc::after{content:" \\25BC"}
 tr:target{background:#fff6cc} td.notes{white-space:normal;max-width:24em}
+td.wrap{white-space:normal;max-width:16em;overflow-wrap:anywhere} .key{display:inline-block;width:14px;height:3px;vertical-align:middle}
 .finished{color:#186a1e} .failed,.damaged{color:#b00020} .killed,.interrupted{color:#a05a00} .running{color:#0b57d0}
 tr.group{background:#f3f7ff;font-weight:600} tr.member td:nth-child(2){padding-left:20px}
 #filter{margin:8px 0;padding:4px;width:24em} ul{margin:2px 0} .muted{color:#777}
 """
+
+LEGEND = ('curves: <span class="key" style="background:#1f77b4"></span> first loss, <span class="key" '
+          'style="background:#ff7f0e"></span> second loss (one scale), <span class="key" style="background:#2ca02c"></span> '
+          'the run\'s metric (its own scale), per epoch.')
 
 SCRIPT = """
 (function(){
@@ -65,7 +70,7 @@ def write_index(experiments: Optional[Path] = None) -> Path:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Runs: {len(runs)}</title>'
             f"<style>{STYLE}</style></head><body>\n<h1>Runs in experiments/</h1>\n"
-            f'<p class="muted">{len(runs)} runs, written {when}. Click a column header to sort; type to filter.</p>\n'
+            f'<p class="muted">{len(runs)} runs, written {when}. Click a column header to sort; type to filter. {LEGEND}</p>\n'
             f'<input id="filter" placeholder="filter: id, name, tag, key=value ...">\n'
             f'<table id="runs"><thead><tr>{heads}</tr></thead><tbody>\n{rows}\n</tbody></table>\n'
             f"<h2>Lineage</h2>\n{lineage(runs)}\n<script>{SCRIPT}</script>\n</body></html>\n")
@@ -120,7 +125,8 @@ def group_html(g: dict, experiments: Path) -> str:
     duration = summary(g)["duration_s"]
     label = f'<a href="{where}/{gid}/{kind}.json">{kind} {gid}</a>'
     cells = [cell(g["status"], cls=g["status"]), cell(label, gid, raw=True),
-             cell(g["name"] or "-"), cell(", ".join(g["tags"]) or "-"), cell(format_changed(g["changed"]) or "-"),
+             cell(g["name"] or "-", cls="wrap"), cell(", ".join(g["tags"]) or "-", cls="wrap"),
+             cell(format_changed(g["changed"]) or "-", cls="wrap"),
              cell(metric), cell(text, agg.get("mean", "")), cell("-"),
              cell(f"{done}/{total} {g['unit']}", done),
              cell(format_duration(duration), duration if duration is not None else ""),
@@ -144,8 +150,8 @@ def run_row(r: dict, experiments: Path) -> str:
     notes = " / ".join(s["notes"] or [])
     cells = [cell(s["status"], cls=s["status"]),
              cell(f'<a href="{rid}/">{rid}</a>', rid, raw=True),
-             cell(s["name"] or "-"), cell(", ".join(s["tags"] or []) or "-"),
-             cell(format_changed(changed(r)) or "-"), cell(metric),
+             cell(s["name"] or "-", cls="wrap"), cell(", ".join(s["tags"] or []) or "-", cls="wrap"),
+             cell(format_changed(changed(r)) or "-", cls="wrap"), cell(metric),
              cell(_num(final), final if final is not None else ""), cell(_num(best), best if best is not None else ""),
              cell(f"{s['epochs_done'] or 0}/{s['epochs'] or '?'}", s["epochs_done"] or 0),
              cell(format_duration(s["duration_s"]), s["duration_s"] if s["duration_s"] is not None else ""),

@@ -78,6 +78,7 @@ def draw(study, folder: Path, any_done: bool) -> list[str]:
     import warnings
 
     import matplotlib
+    import matplotlib.ticker
     from optuna.exceptions import ExperimentalWarning
 
     matplotlib.use("Agg")
@@ -90,6 +91,10 @@ def draw(study, folder: Path, any_done: bool) -> list[str]:
         axes = plot(study)
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
         figure.set_size_inches(max(6, 3.5 * len(study.best_trial.params)) if name == "slices.png" else 7, 4)
+        if name == "slices.png":  # a log axis (lr) labels every decade's minor ticks: they overlapped
+            for ax in figure.axes:
+                ax.tick_params(axis="x", which="both", labelrotation=45, labelsize=7)
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         figure.savefig(folder / name, dpi=90, bbox_inches="tight")
         names.append(name)
     plt.close("all")

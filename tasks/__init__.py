@@ -6,7 +6,7 @@ from tasks.alpha_wgan_gp import AlphaWganGp
 from tasks.base import Task
 from tasks.classify import Classify
 from tasks.wgan_gp import WganGp
-from utils.errors import UsageError
+from utils.errors import UsageError, a_an
 
 task_dict: dict[str, type[Task]] = {
     "classify": Classify,
@@ -22,9 +22,9 @@ def task_of(*runs: dict) -> Task:
     names = [run["task"] for run in runs]
     for run, name in zip(runs, names):
         if name not in task_dict:
-            raise UsageError(f"run {run['id']} is a {name} run, a task this version does not have")
+            raise UsageError(f"run {run['id']} is {a_an(name)} run, a task this version does not have")
     hosts = [name for name in names if set(names) - {name} <= set(task_dict[name].compares_with)]
     if not hosts:
-        raise UsageError(f"--compare: run {runs[0]['id']} is a {names[0]} run and {runs[1]['id']} a {names[1]} run; "
+        raise UsageError(f"--compare: run {runs[0]['id']} is {a_an(names[0])} run and {runs[1]['id']} {a_an(names[1])} run; "
                          "compare runs of the same task")
     return task_dict[hosts[0]]()

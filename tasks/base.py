@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from train.phases import Batch, Phase
 from utils.config import Config
-from utils.errors import UsageError
+from utils.errors import UsageError, a_an
 
 if TYPE_CHECKING:
     import torch
@@ -142,4 +142,4 @@ class Task:
 
     def export(self, cfg: Config, run: dict, formats: list[str]) -> int:
         """inference.py --export: the model for services, parity checked."""
-        raise UsageError(f"--export: run {run['id']} is a {self.name} run, and task {self.name} has no export")
+        raise UsageError(f"--export: run {run['id']} is {a_an(self.name)} run, and task {self.name} has no export")

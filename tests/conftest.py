@@ -105,7 +105,9 @@ class WarmStarter:
                                                out.read_text(errors="replace"), err.read_text(errors="replace"))
 
 
-WARM = WarmStarter()
+# One helper per session, though this module is imported twice (as conftest and as tests.conftest).
+WARM: WarmStarter = getattr(sys, "_template_warm_starter", None) or WarmStarter()
+sys._template_warm_starter = WARM
 
 
 def _env(extra: dict | None) -> dict:

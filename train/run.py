@@ -19,7 +19,7 @@ from store.page import rewrite_index
 from store.runs import BEST_FILE, EXPERIMENTS, RunFolder, find_run, find_state, link_or_copy
 from store.upgrade import RUN_FORMAT, run_format, saved_config
 from utils.config import CONTINUATION_KEYS, LABEL_KEYS, Config, changed_keys, fields_of, read_yaml, to_yaml, yaml_value
-from utils.errors import RunFailure, UsageError, fault_point
+from utils.errors import RunFailure, UsageError, count, fault_point
 from utils.features import hooks
 
 if TYPE_CHECKING:
@@ -77,11 +77,11 @@ def resolve_auto(cfg: Config, device: torch.device, model: torch.nn.Module, task
     return dataclasses.replace(cfg, monitor=monitor, **task.resolve(cfg))
 
 
-def plan_run(cfg: Config, tasks: dict[str, type[Task]]) -> Plan:
+def plan_run(cfg: Config, tasks: dict[str, type[Task]], typed: frozenset = frozenset()) -> Plan:
     """Resolve resume and init_from; everything that can be refused is refused here. `tasks` is
-    tasks.task_dict (passed in: train/ sits below tasks/)."""
+    tasks.task_dict (passed in: train/ sits below tasks/); `typed`, the keys given on the command line."""
     changed = changed_keys(cfg)  # before a continuation or `auto` replaces values
-    parent, cfg, notes = resolve_parent(cfg, tasks)
+    parent, cfg, notes = resolve_parent(cfg, tasks, typed)
     init = None
     if cfg.init_from is not None:
         init = find_run(cfg.init_from, "init_from", lambda r: r["status"] == "finished", "finished",
@@ -93,9 +93,10 @@ def plan_run(cfg: Config, tasks: dict[str, type[Task]]) -> Plan:
     return Plan(cfg, parent, init, notes, changed, tasks[cfg.task](), (parent or {}).get("group"), (parent or {}).get("sweep"))
 
 
-def resolve_parent(cfg: Config, tasks: dict[str, type[Task]]) -> tuple[Optional[dict], Config, list[str]]:
+def resolve_parent(cfg: Config, tasks: dict[str, type[Task]], typed: frozenset = frozenset()) -> tuple[Optional[dict], Config, list[str]]:
     """For resume: the parent run, the config to continue it with (the experiment from the
-    parent's config.yaml, CONTINUATION_KEYS from ours) and lines that say what differs."""
+    parent's config.yaml, CONTINUATION_KEYS from ours) and lines that say what differs. An unfinished
+    parent continues to its planned epochs (and schedule) unless epochs= is typed."""
     if cfg.resume is None:
         return None, cfg, []
     for refusal in hooks("resume_refusal"):  # resume=<group id>: a feature's own id, not a run's
@@ -109,13 +110,20 @@ def resolve_parent(cfg: Config, tasks: dict[str, type[Task]]) -> tuple[Optional[
         parent_cfg = saved_config(values, {n: t.config for n, t in tasks.items()}, run_format(parent))
     except (UsageError, KeyError) as e:
         raise UsageError(f"resume: the config of run {parent['id']} is unusable ({e})") from None
-    done = parent.get("epochs_done", 0)
-    if cfg.epochs < done or (cfg.epochs == done and parent["status"] == "finished"):
-        raise UsageError(f"epochs: run {parent['id']} has done {done} epochs ({parent['status']}); "
+    done, planned, asked = parent.get("epochs_done", 0), parent_cfg.epochs, cfg.epochs
+    if parent["status"] != "finished" and "epochs" not in typed:
+        cfg = dataclasses.replace(cfg, epochs=planned)  # the run that was planned, with its schedule
+    if cfg.epochs <= done:  # nothing left to train
+        unfinished = "" if parent["status"] == "finished" else f" of its planned {planned}"
+        raise UsageError(f"epochs: run {parent['id']} has done {count(done, 'epoch')}{unfinished} ({parent['status']}); "
                          f"to continue it set epochs above {done}, e.g. epochs={done + 5}")
     labels = {"name": cfg.name or parent.get("name"), "tags": cfg.tags or parent.get("tags") or [], "notes": cfg.notes}
     child = dataclasses.replace(parent_cfg, **{k: getattr(cfg, k) for k in CONTINUATION_KEYS} | labels | {"resume": parent["id"]})
-    return parent, child, continuation_notes(cfg, parent_cfg, child)
+    notes = continuation_notes(cfg, parent_cfg, child, typed)
+    if asked != cfg.epochs:
+        notes.insert(0, f"epochs: continuing to the planned {planned} (the config file says {asked}; epochs=N on the command line "
+                        "changes it)")
+    return parent, child, notes
 
 
 def refuse_parent(run: dict) -> Optional[str]:
@@ -128,14 +136,15 @@ def refuse_parent(run: dict) -> Optional[str]:
     return None
 
 
-def continuation_notes(ours: Config, parent_cfg: Config, child: Config) -> list[str]:
-    """'applied: ...' for the keys taken from our config, 'ignored: ...' for the experiment's keys we set otherwise."""
-    notes = []
+def continuation_notes(ours: Config, parent_cfg: Config, child: Config, typed: frozenset = frozenset()) -> list[str]:
+    """'applied: ...' for the keys taken from our config, 'ignored: ...' for the experiment's keys the
+    user set (typed, or changed in the config file) to something else than the parent's."""
+    notes, asked = [], set(typed) | set(changed_keys(ours))
     applied = [f"{k}={getattr(child, k)} (parent: {getattr(parent_cfg, k)})" for k in CONTINUATION_KEYS
                if k != "resume" and getattr(child, k) != getattr(parent_cfg, k)]
     ignored = [f"{k}={yaml_value(ours, k, getattr(ours, k))} (kept the parent's {getattr(parent_cfg, k)})"
                for k in dataclasses.asdict(ours) if k in fields_of(type(parent_cfg))
-               and k not in CONTINUATION_KEYS + LABEL_KEYS and getattr(ours, k) != getattr(parent_cfg, k)
+               and k not in CONTINUATION_KEYS + LABEL_KEYS and getattr(ours, k) != getattr(parent_cfg, k) and k in asked
                and yaml_value(ours, k, getattr(ours, k)) != "auto"]  # `auto` asks for nothing: the parent resolved it
     if applied:
         notes.append("applied: " + ", ".join(applied))
@@ -274,7 +283,7 @@ def start_run(plan: Plan, state: TrainState, data: Data, model: torch.nn.Module,
     inherit_best(run, parent)
     what = f"continuing run {parent['id']} from epoch {state.epoch + 1}, step {state.step}" if parent else "new run"
     run.log(f"run {run.id}: {what}; {'+'.join(plan.task.model_names(cfg))} on {cfg.dataset} ({len(data.train)} train / "
-            f"{len(data.val)} val), {device} x{dist.world_size()}, {cfg.epochs} epochs")
+            f"{len(data.val)} val), {device} x{dist.world_size()}, {count(cfg.epochs, 'epoch')}")
     for line in plan.notes:
         run.log(line)
     return run

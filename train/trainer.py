@@ -8,14 +8,12 @@ returns losses and metrics and reads nothing of the Trainer's state.
 import contextlib
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from store.runs import BEST_FILE, RunFolder
 from train import checkpoint
@@ -24,9 +22,10 @@ from train.checkpoint import TrainingParts, TrainState
 from train.device import AMP_DTYPES
 from train.norm_stats import batchnorms, recompute_batchnorm
 from train.phases import Batch, Phase
+from train.progress import progress
 from utils import dist
 from utils.config import Config
-from utils.errors import Interrupted, RunFailure, fault_nan, fault_point
+from utils.errors import Interrupted, RunFailure, count, fault_nan, fault_point
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -81,7 +80,7 @@ class Trainer:
         self.weights_meta = weights_meta  # what model.safetensors and best.safetensors say about the model
         self.tb = tb  # a TensorBoard SummaryWriter, or None
         self.stop_signal = 0  # 130 or 143 once Ctrl-C or SIGTERM asked to stop
-        self.ddp = [m for m in net.modules() if isinstance(m, nn.parallel.DistributedDataParallel)]
+        self.bar = None  # this epoch's progress (train/progress.py)
         self.clipped = {name: in_model_order(parts.model, o) for name, o in parts.optimizers.items()}
         several = len(parts.optimizers) > 1
         self.norm_names = {name: f"grad_norm_{name}" if several else "grad_norm" for name in parts.optimizers}
@@ -119,6 +118,7 @@ class Trainer:
         self.losses.zero_()
         self.loss_calls = 0
         t0, bar, micro = time.perf_counter(), self._progress_bar(), []
+        self.bar = bar  # closed before an interruption's message, which then starts on its own line
         for x, y in self.train_loader:
             micro.append((x, y))
             if len(micro) < accum:
@@ -274,7 +274,7 @@ class Trainer:
         if not patience or history[-1]["epoch"] - best < patience:
             return False
         value = next(r for r in history if r["epoch"] == best)[self.cfg.monitor]
-        reason = f"{self.cfg.monitor} did not improve for {patience} epochs (best {value:.4f} at epoch {best})"
+        reason = f"{self.cfg.monitor} did not improve for {count(patience, 'epoch')} (best {value:.4f} at epoch {best})"
         if self.run is not None:
             self.run.log(f"early stop after epoch {history[-1]['epoch']}: {reason}")
             self.run.write_info(stopped_early={"epoch": history[-1]["epoch"], "reason": reason})
@@ -311,11 +311,10 @@ class Trainer:
             with contextlib.suppress(Exception):
                 tb.close()
 
-    def _progress_bar(self) -> tqdm:
-        """A bar on a terminal only (never in logs), drawn by rank 0."""
-        show = self.cfg.progress and sys.stdout.isatty() and dist.is_main()
-        return tqdm(total=self.sampler.steps_per_epoch(), initial=self.state.step, leave=False, disable=not show,
-                    desc=f"epoch {self.state.epoch + 1}/{self.cfg.epochs}", dynamic_ncols=True)
+    def _progress_bar(self):
+        """A bar on a terminal, plain lines every 30 s in a log (train/progress.py), drawn by rank 0."""
+        return progress(self.sampler.steps_per_epoch(), self.state.step, f"epoch {self.state.epoch + 1}/{self.cfg.epochs}",
+                        self.cfg.progress and dist.is_main())
 
     # ------------------------------------------------------------ stopping
     def _check_finite(self) -> float:
@@ -340,6 +339,8 @@ class Trainer:
     def _interrupt(self) -> None:
         """Save at this step boundary, mark the run interrupted, say how to continue, exit 130/143."""
         code = self.stop_signal
+        if self.bar is not None:
+            self.bar.close()
         self._check_finite()
         self.save_state()
         if self.run is not None:

@@ -18,7 +18,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from utils.errors import UsageError
+from utils.errors import UsageError, a_an
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
@@ -420,7 +420,7 @@ def load_config(config_file: Optional[str], overrides: list[str], configs: dict[
     from_file = read_yaml(path)
     from_line = dict(parse_override(o, configs) for o in overrides)
     if task is not None and from_line.get("task", task) != task:
-        raise UsageError(f"task: the run is a {task} run, not {from_line['task']}; drop task=")
+        raise UsageError(f"task: the run is {a_an(task)} run, not {from_line['task']}; drop task=")
     first = next(iter(configs))  # the registry's first task is the default
     task = task or from_line.get("task", from_file.get("task", first))
     file_task = from_file.get("task", first)

@@ -1,10 +1,20 @@
-"""Exit statuses of the contract and the one place that turns exceptions into them."""
+"""Exit statuses of the contract and the one place that turns exceptions into them; the wording of messages."""
 import errno
 import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
+
+
+def count(n: int, noun: str) -> str:
+    """'1 epoch', '3 epochs': messages say numbers the way people do."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def a_an(word: str) -> str:
+    """'a model', 'an image': the article for a word."""
+    return f"{'an' if str(word)[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 class UsageError(Exception):

@@ -34,3 +34,10 @@ def interval95(values: list[float]) -> dict:
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
     return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": n}
+
+
+def p_text(p: float) -> str:
+    """A p-value as a report writes it: 'p = 0.032', and below 0.001 the bound ('p < 0.001'), never 'p = 0'."""
+    if p != p:  # nan: too few pairs to test
+        return "p not computable"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3g}"

@@ -130,7 +130,7 @@ def evaluate_run(task: Task, cfg: Config, run: dict, input_path: Optional[str]) 
     out = inference_dir(loaded)
     unit = lambda v: (v.clamp(-1, 1) + 1) / 2  # noqa: E731 - [-1, 1] -> [0, 1], as pictures and files show it
     write_volumes(unit(samples[:SAMPLES]), run, out / "samples")
-    save_grid(unit(samples[:16]), out / "samples.png", title=f"run {run['id']}: samples (mid-slices)")
+    save_grid(unit(samples[:16]), out / "samples.png", columns=4, title=f"run {run['id']}: samples (mid-slices)")
     pairs = torch.stack([unit(real[:8]), unit(recon[:8])], 1).flatten(0, 1)  # input, reconstruction, input, ...
     save_grid(pairs, out / "reconstructions.png", columns=4, title="held-out volume | its reconstruction (E then G)")
     write_json(out / "alpha_metrics.json", figures)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 from tasks.base import Task
 from tasks.classify.config import ClassifyConfig
 from train.phases import Phase
+from utils.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +46,6 @@ class Classify(Task):
 
     def prepare_data(self, cfg: ClassifyConfig, data: Data) -> Data:
         """ImageNet's normalisation for pretrained weights on colour images. Unlabelled data are exit 2."""
-        from utils.errors import UsageError
 
         if not data.info.class_names:
             raise UsageError(f"data_dir: {cfg.data_dir} holds volumes without class sub-folders, which a classifier cannot "
@@ -73,7 +73,6 @@ class Classify(Task):
     def augmentation(self, cfg: ClassifyConfig, info: DataInfo) -> Augment:
         """The shared policies, and mixup / cutmix, which mix the labels too."""
         from data.augment import Augment, check_policy
-        from utils.errors import UsageError
 
         check_policy(cfg.augment, info.volumetric)
         if info.volumetric and (cfg.random_erasing or cfg.cutmix_alpha):
@@ -101,12 +100,13 @@ class Classify(Task):
     # ------------------------------------------------------------ inference
     def evaluate_run(self, cfg: ClassifyConfig, run: dict, input_path: Optional[str]) -> None:
         """Evaluate the run on its validation split, or predict on the files at input_path."""
-        from pathlib import Path
-
         from infer.onnx_backend import inference_device, with_backend
         from infer.runs import load_run
         from tasks.classify.infer import evaluate_on_split, predict
 
+        if input_path and not Path(input_path).exists():
+            raise UsageError(f"--input: '{input_path}' does not exist; give an image file or a folder of them "
+                             f"(it would have been predicted with run {run['id']})")
         device = inference_device(cfg)
         loaded = with_backend(load_run(run, device, self, cfg.weights), cfg.backend)  # eager torch, or the run's ONNX export
         if input_path:

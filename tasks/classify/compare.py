@@ -17,7 +17,7 @@ from tasks.classify.training import Evaluation, evaluate, per_class_accuracy
 from utils.config import Config
 from utils.errors import UsageError
 from utils.plots import new_figure, save_figure
-from utils.stats import mcnemar, paired_bootstrap
+from utils.stats import mcnemar, p_text, paired_bootstrap
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -34,8 +34,10 @@ def reading(test: dict, a: str, b: str) -> str:
         return "The two runs are right on exactly the same samples; there is no evidence of a difference (p = 1)."
     better = b if nc > nb else a
     if p < 0.05:
-        return f"{better} is right more often on the samples where they disagree, and this is unlikely to be chance (p = {p:.3g} < 0.05)."
-    return f"The difference in accuracy could well be chance (p = {p:.3g} >= 0.05); more samples would be needed to tell them apart."
+        return (f"{better} is right more often on the samples where they disagree, and this is unlikely to be chance "
+                f"({p_text(p)}, below 0.05).")
+    return (f"The difference in accuracy could well be chance ({p_text(p)}, not below 0.05); more samples would be needed to "
+            "tell them apart.")
 
 
 def _samples(a: LoadedRun, b: LoadedRun, input_path: Optional[str]) -> tuple[SplitSet, SplitSet, list, str]:
@@ -174,7 +176,7 @@ def to_markdown(r: dict) -> str:
     lines += ["", f"They disagree on {d['count']} samples: A right on {d['A_right']}, B right on {d['B_right']}, "
               f"neither on {d['neither']}.",
               f"McNemar's exact test: {t['only_a_right']} samples only A got right, {t['only_b_right']} only B; "
-              f"p = {t['p_value']:.4g}. {r['reading']}",
+              f"{p_text(t['p_value'])}. {r['reading']}",
               f"Accuracy difference B - A: {100 * ci['value']:+.2f} points, 95% paired bootstrap interval "
               f"[{100 * ci['ci95'][0]:+.2f}, {100 * ci['ci95'][1]:+.2f}].", ""]
     lines += config_lines(r["config_diff"]) + ["", model_source_line(r["model_source_changed"])]

@@ -2,6 +2,7 @@
 predictions on image files."""
 import csv
 import io
+import sys
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from data.volumes import list_volumes, load_volume
 from infer.runs import LoadedRun, amp_dtype, checked_data, inference_dir
 from store.runs import write_json, write_text
 from tasks.classify.training import Evaluation, evaluate, per_class_accuracy
-from utils.errors import UsageError
+from utils.errors import RunFailure, UsageError
 from utils.plots import plot_samples
 
 
@@ -59,58 +60,101 @@ def evaluate_on_split(loaded: LoadedRun, device: torch.device) -> dict:
     via = "" if loaded.backend == "torch" else f" via {loaded.backend}"
     print(f"run {loaded.run['id']} ({loaded.cfg.base_model}, {loaded.weights} weights) on {device}{via}: val_acc {acc:.4f}  "
           f"val_loss {metrics['val_loss']:.4f}  ({count} samples; recorded at training: {metrics['recorded_val_acc']})")
+    print(f"  {'class':>12}  accuracy")
     for name, a in metrics["per_class_acc"].items():
         print(f"  {name:>12}  {'-' if a is None else f'{a:.4f}'}")
     rows = [(i, names[t], names[p], f"{c:.6f}", int(p == t))
             for i, t, p, c in zip(out.ids, out.target.tolist(), out.pred.tolist(), out.confidence.tolist())]
-    out_dir = inference_dir(loaded)
+    out_dir = inference_dir(loaded, by_backend=True)
     write_text(out_dir / "val_predictions.csv", to_csv(("sample", "target", "predicted", "confidence", "correct"), rows))
     write_json(out_dir / "val_metrics.json", metrics)
-    plot_mistakes(out, data, out_dir / "mistakes.png")
-    print(f"wrote {out_dir}/val_predictions.csv, val_metrics.json and mistakes.png")
+    drawn = plot_mistakes(out, data, out_dir / "mistakes.png")
+    print(f"wrote {out_dir}/val_predictions.csv, val_metrics.json" + (" and mistakes.png" if drawn else
+                                                                       " (no mistakes on the split: no mistakes.png)"))
     return metrics
 
 
-def plot_mistakes(out: Evaluation, data: Data, path: Path, most: int = 8) -> None:
-    """The most confident mistakes on the validation split (a volume as its three mid-slices)."""
+def plot_mistakes(out: Evaluation, data: Data, path: Path, most: int = 8) -> bool:
+    """The most confident mistakes on the validation split (a volume as its three mid-slices); False,
+    and no picture (an older one removed), when there is none."""
     wrong = (out.pred != out.target).nonzero().flatten()
+    if len(wrong) == 0:
+        path.unlink(missing_ok=True)  # under inference/: a picture of earlier mistakes would mislead
+        return False
     wrong = wrong[out.confidence[wrong].argsort(descending=True)][:most].tolist()
-    x, _ = data.val.source.load([data.val.positions[i] for i in wrong]) if wrong else (torch.zeros(0), None)
+    x, _ = data.val.source.load([data.val.positions[i] for i in wrong])
     names = data.info.class_names
     titles = [f"{names[out.target[i]]} as {names[out.pred[i]]} ({out.confidence[i]:.2f})" for i in wrong]
     plot_samples(to_unit(x), titles, path, data.info.volumetric)
+    return True
 
 
 def predict(loaded: LoadedRun, path: Path, device: torch.device) -> None:
-    """Predict on the image file or folder `path`; print the first rows, write predictions.csv."""
-    rows = predict_files(loaded, path, device)
-    out_dir = inference_dir(loaded)
+    """Predict on the image file or folder `path`; print the first rows, write predictions.csv. A file
+    that cannot be read is named (unreadable.csv) and skipped; the others are predicted, then exit 1."""
+    files = list_inputs(path, loaded.info.volumetric)
+    probs, good, bad = file_probabilities(loaded, files, device)
+    conf, pred = probs.max(1)
+    rows = [(str(f), loaded.info.class_names[p], f"{c:.6f}") for f, p, c in zip(good, pred.tolist(), conf.tolist())]
+    out_dir = inference_dir(loaded, by_backend=True)
     write_text(out_dir / "predictions.csv", to_csv(("path", "predicted", "confidence"), rows))
     for row in rows[:20]:
         print("  ".join(row))
     more = f" (first 20 of {len(rows)} shown)" if len(rows) > 20 else ""
     print(f"wrote {len(rows)} predictions to {out_dir}/predictions.csv{more}")
+    refuse_unreadable(bad, len(files), out_dir)
 
 
-def predict_files(loaded: LoadedRun, path: Path, device: torch.device) -> list[tuple]:
-    """(path, predicted class name, confidence) for every image (or volume) at `path`."""
-    files = list_volumes(path) if loaded.info.volumetric else list_images(path)
-    conf, pred = file_probabilities(loaded, files, path, device).max(1)
-    return [(str(f), loaded.info.class_names[p], f"{c:.6f}") for f, p, c in zip(files, pred.tolist(), conf.tolist())]
+def list_inputs(path: Path, volumetric: bool) -> list[Path]:
+    return list_volumes(path) if volumetric else list_images(path)
 
 
-def file_probabilities(loaded: LoadedRun, files: list[Path], path: Path, device: torch.device, batch_size: int = 64) -> torch.Tensor:
-    """(files, classes): the run's class probabilities for each file, read as in training."""
-    out = []
+def refuse_unreadable(bad: list[tuple[Path, str]], total: int, out_dir: Path) -> None:
+    """After the readable files were predicted: name every unreadable one (unreadable.csv) and fail (exit 1)."""
+    if not bad:
+        return
+    write_text(out_dir / "unreadable.csv", to_csv(("path", "problem"), [(str(f), why) for f, why in bad]))
+    for f, why in bad:
+        print(f"  unreadable: {f} ({why})", file=sys.stderr)
+    raise RunFailure(f"--input: {len(bad)} of {total} files could not be read and were skipped (listed above and in "
+                     f"{out_dir}/unreadable.csv); the other {total - len(bad)} were predicted. Fix or remove those files")
+
+
+def read_inputs(files: list[Path], loaded: LoadedRun) -> tuple[list[torch.Tensor], list[Path], list[tuple[Path, str]]]:
+    """Each file preprocessed as in training; a file that cannot be read goes to the third list, with why."""
+    tensors, good, bad = [], [], []
+    kind = "volume" if loaded.info.volumetric else "image"
+    for f in files:
+        try:
+            tensors.append(read_input(f, loaded))
+            good.append(f)
+        except UsageError as e:
+            bad.append((f, str(e).split(": ", 1)[-1]))
+        except OSError as e:
+            bad.append((f, f"cannot be read ({e.strerror or 'not a readable ' + kind + ' file'})"))
+        except Exception:  # noqa: BLE001 - a decoder's own error, in its own words: not a user's message
+            bad.append((f, f"not a readable {kind} file (the decoder refused it)"))
+    return tensors, good, bad
+
+
+def file_probabilities(loaded: LoadedRun, files: list[Path], device: torch.device, batch_size: int = 64
+                       ) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
+    """(readable files, classes): the run's class probabilities for each file read as in training; the
+    readable files; the unreadable ones, with why. None readable: exit 2, nothing written."""
+    out, good, bad = [], [], []
     dtype = amp_dtype(loaded.cfg, device)
     for i in range(0, len(files), batch_size):
-        try:
-            x = torch.stack([read_input(f, loaded) for f in files[i:i + batch_size]]).to(device)
-        except OSError as e:
-            raise UsageError(f"--input: cannot read an image in {path} ({e}); remove or fix the file") from None
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out.append(loaded.model(x).float().softmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(loaded.info.class_names))
+        tensors, ok, wrong = read_inputs(files[i:i + batch_size], loaded)
+        good, bad = good + ok, bad + wrong
+        if tensors:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                out.append(loaded.model(torch.stack(tensors).to(device)).float().softmax(1).cpu())
+    if not good:
+        f, why = bad[0]
+        hint = "NIfTI or .npy volumes" if loaded.info.volumetric else "image files (PNG, JPEG, ...)"
+        raise UsageError(f"--input: none of the {len(files)} files could be read ({f}: {why}{' ...' if len(bad) > 1 else ''}); "
+                         f"give {hint}")
+    return torch.cat(out), good, bad
 
 
 def ensemble_predict(task, cfg, group: dict, runs: list[dict], path: Path, out_dir: Path) -> int:
@@ -123,8 +167,9 @@ def ensemble_predict(task, cfg, group: dict, runs: list[dict], path: Path, out_d
     members = [load_run(run, device, task, cfg.weights) for run in runs]
     if len({tuple(m.info.class_names) for m in members}) > 1:
         raise UsageError(f"group {group['id']}: its members have different class names; predict with one member instead")
-    files = list_volumes(path) if members[0].info.volumetric else list_images(path)
-    probs = torch.stack([file_probabilities(m, files, path, device) for m in members])  # (members, files, classes)
+    files = list_inputs(path, members[0].info.volumetric)
+    each_member = [file_probabilities(m, files, device) for m in members]
+    probs, files, bad = torch.stack([p for p, _, _ in each_member]), each_member[0][1], each_member[0][2]  # (members, files, classes)
     names = members[0].info.class_names
     conf, pred = probs.mean(0).max(1)
     each = probs.argmax(2).T.tolist()  # (files, members)
@@ -135,6 +180,7 @@ def ensemble_predict(task, cfg, group: dict, runs: list[dict], path: Path, out_d
         print("  ".join(row[:3]))
     print(f"ensemble of {len(members)} members: wrote {len(rows)} predictions to {out_dir}/predictions.csv "
           "(the mean of their probabilities; one column per member)")
+    refuse_unreadable(bad, len(files) + len(bad), out_dir)
     return 0
 
 

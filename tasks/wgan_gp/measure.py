@@ -104,17 +104,19 @@ def picture_grid(images: torch.Tensor, columns: int = 8) -> np.ndarray:
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int = 8, title: Optional[str] = None) -> None:
-    """A grid of images (or volumes) in [0, 1] as a PNG (atomically)."""
+    """A grid of images (or volumes) in [0, 1] as a PNG (atomically): at least 4 pixels per pixel of
+    the grid and 600 wide, with the title in a band of its own above it."""
     from utils.plots import new_figure, save_figure
 
     grid = picture_grid(images, columns)
-    height = 6 * grid.shape[0] / grid.shape[1]  # the figure takes the grid's aspect (volumes: 3 slices wide)
-    fig = new_figure(6, height / 0.94 if title else height)
-    ax = fig.add_axes((0, 0, 1, 0.94 if title else 1))
+    width = max(6.0, 4 * grid.shape[1] / 100)  # inches at 100 dpi
+    height, band = width * grid.shape[0] / grid.shape[1], 0.4 if title else 0.0
+    fig = new_figure(width, height + band)
+    ax = fig.add_axes((0, 0, 1, height / (height + band)))
     ax.imshow(grid if grid.shape[2] == 3 else grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, y=1 - 0.08 / (height + band))
     save_figure(fig, path)
 
 

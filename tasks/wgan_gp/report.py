@@ -125,7 +125,8 @@ def evaluate_run(task: Task, cfg: Config, run: dict, input_path) -> None:
     m = measure(task, cfg, run, device, classifier_for(task, cfg, run, device, required=False))
     out = inference_dir(m.loaded)
     volumes = m.images.ndim == 5
-    save_grid(m.images[:16 if volumes else 64], out / "samples.png", title=f"run {run['id']}, sample_seed {cfg.sample_seed}")
+    save_grid(m.images[:16 if volumes else 64], out / "samples.png", columns=4 if volumes else 8,
+              title=f"run {run['id']}, sample_seed {cfg.sample_seed}")
     if volumes:
         write_volumes(m.images[:8], run, out / "samples")
     write_json(out / "gan_metrics.json", m.figures)
