@@ -113,7 +113,9 @@ def resolve_parent(cfg: Config, tasks: dict[str, type[Task]], typed: frozenset =
     done, planned, asked = parent.get("epochs_done", 0), parent_cfg.epochs, cfg.epochs
     if parent["status"] != "finished" and "epochs" not in typed:
         cfg = dataclasses.replace(cfg, epochs=planned)  # the run that was planned, with its schedule
-    if cfg.epochs <= done:  # nothing left to train
+    # Nothing left to train is refused, except for a run killed after saving its planned last epoch: its
+    # continuation trains no step and writes the final weights (every killed run can be continued).
+    if cfg.epochs < done or (cfg.epochs == done and (parent["status"] == "finished" or cfg.epochs != planned)):
         unfinished = "" if parent["status"] == "finished" else f" of its planned {planned}"
         raise UsageError(f"epochs: run {parent['id']} has done {count(done, 'epoch')}{unfinished} ({parent['status']}); "
                          f"to continue it set epochs above {done}, e.g. epochs={done + 5}")

@@ -80,6 +80,7 @@ class Trainer:
         self.weights_meta = weights_meta  # what model.safetensors and best.safetensors say about the model
         self.tb = tb  # a TensorBoard SummaryWriter, or None
         self.stop_signal = 0  # 130 or 143 once Ctrl-C or SIGTERM asked to stop
+        self.ddp = [m for m in net.modules() if isinstance(m, nn.parallel.DistributedDataParallel)]
         self.bar = None  # this epoch's progress (train/progress.py)
         self.clipped = {name: in_model_order(parts.model, o) for name, o in parts.optimizers.items()}
         several = len(parts.optimizers) > 1

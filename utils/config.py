@@ -121,7 +121,8 @@ class Config:
     compile: bool = key(False, "torch.compile the model")
     checkpoint_every_steps: int = key(0, "also save state.pt every N optimizer steps (0: at epoch ends only)", at_least=0)
     init_from: Optional[str] = key(None, "a run id: start a new run from its weights (fine-tuning)")
-    progress: bool = key(True, "a progress bar per epoch (only when stdout is a terminal)")
+    progress: bool = key(True, "progress within each epoch: a bar in a terminal; piped or in a log, a line (steps, rate, "
+                               "time left) every 30 s")
     tensorboard: bool = key(False, "also write TensorBoard scalars to experiments/<id>/tb/")
     name: Optional[str] = key(None, "a short label for the run (letters, digits . _ + -); name:<name> picks the newest run with it")
     tags: list[str] = key([], "labels to filter runs by: [baseline, sweep1] or tags=a,b")
