@@ -20,13 +20,14 @@ COLUMNS = ("status", "id", "name", "tags", "changed", "metric", "final", "best",
 NUMERIC = ("final", "best", "epochs", "duration")
 
 STYLE = """
-body{font:13px system-ui,sans-serif;margin:16px;color:#222}
+body{font:12px system-ui,sans-serif;margin:12px;color:#222}
 table{border-collapse:collapse;width:100%}
-th,td{border-bottom:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:middle;white-space:nowrap}
+th,td{border-bottom:1px solid #ddd;padding:3px 4px;text-align:left;vertical-align:middle;white-space:nowrap}
 th{position:sticky;top:0;background:#f4f4f4;cursor:pointer;user-select:none}
 th.asc::after{content:" \\25B2"} th.desc::after{content:" \\25BC"}
 tr:target{background:#fff6cc} td.notes{white-space:normal;max-width:24em}
-td.wrap{white-space:normal;max-width:16em;overflow-wrap:anywhere} .key{display:inline-block;width:14px;height:3px;vertical-align:middle}
+td.wrap{white-space:normal;max-width:14em;overflow-wrap:break-word}
+.key{display:inline-block;width:14px;height:3px;vertical-align:middle}
 .finished{color:#186a1e} .failed,.damaged{color:#b00020} .killed,.interrupted{color:#a05a00} .running{color:#0b57d0}
 tr.group{background:#f3f7ff;font-weight:600} tr.member td:nth-child(2){padding-left:20px}
 #filter{margin:8px 0;padding:4px;width:24em} ul{margin:2px 0} .muted{color:#777}
@@ -130,7 +131,8 @@ def group_html(g: dict, experiments: Path) -> str:
              cell(metric), cell(text, agg.get("mean", "")), cell("-"),
              cell(f"{done}/{total} {g['unit']}", done),
              cell(format_duration(duration), duration if duration is not None else ""),
-             cell((g["start_utc"] or "")[:19].replace("T", " ")), cell("-"), cell(png, raw=True), cell(links, raw=True),
+             cell((g["start_utc"] or "")[:19].replace("T", " "), cls="wrap"), cell("-"), cell(png, raw=True),
+             cell(links, raw=True, cls="wrap"),
              cell("", cls="notes")]
     return f'<tr id="{kind}-{gid}" class="group">{"".join(cells)}</tr>'
 
@@ -155,8 +157,8 @@ def run_row(r: dict, experiments: Path) -> str:
              cell(_num(final), final if final is not None else ""), cell(_num(best), best if best is not None else ""),
              cell(f"{s['epochs_done'] or 0}/{s['epochs'] or '?'}", s["epochs_done"] or 0),
              cell(format_duration(s["duration_s"]), s["duration_s"] if s["duration_s"] is not None else ""),
-             cell((s["start_utc"] or "")[:19].replace("T", " ")), cell(parent, s["parent"] or "", raw=True),
-             cell(curves(experiments / rid, metric), raw=True), cell(reports(experiments / rid), raw=True),
+             cell((s["start_utc"] or "")[:19].replace("T", " "), cls="wrap"), cell(parent, s["parent"] or "", raw=True),
+             cell(curves(experiments / rid, metric), raw=True), cell(reports(experiments / rid), raw=True, cls="wrap"),
              cell(notes[:80] + ("..." if len(notes) > 80 else ""), cls="notes")]
     title = f' title="{html.escape(notes)}"' if notes else ""
     return f'<tr id="run-{rid}"{title}>{"".join(cells)}</tr>'
@@ -166,7 +168,7 @@ def _num(v) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
 
-def curves(folder: Path, metric: str, width: int = 140, height: int = 34) -> str:
+def curves(folder: Path, metric: str, width: int = 110, height: int = 34) -> str:
     """The first two loss columns (blue, orange, one scale) and the headline metric (green, its own
     scale) per epoch, as an inline SVG; a link to curves.png when the run drew one."""
     rows = read_metrics(folder)

@@ -91,10 +91,13 @@ def draw(study, folder: Path, any_done: bool) -> list[str]:
         axes = plot(study)
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
         figure.set_size_inches(max(6, 3.5 * len(study.best_trial.params)) if name == "slices.png" else 7, 4)
-        if name == "slices.png":  # a log axis (lr) labels every decade's minor ticks: they overlapped
-            for ax in figure.axes:
-                ax.tick_params(axis="x", which="both", labelrotation=45, labelsize=7)
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if name == "slices.png":  # a log axis (lr) labelled every minor tick, overlapping: 1, 2 and 5 of each decade only
+            for ax in figure.axes[:len(study.best_trial.params)]:
+                if ax.get_xscale() == "log":
+                    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+                    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.2g}"))
+                    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                ax.tick_params(axis="x", which="major", labelsize=7, labelrotation=40)
         figure.savefig(folder / name, dpi=90, bbox_inches="tight")
         names.append(name)
     plt.close("all")
