@@ -44,7 +44,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.export and "onnx" in args.export:
         from infer.onnx_backend import require_onnx
         require_onnx()  # the install command comes first: nothing else can be fixed without it
-    return compare(args, shared()) if args.compare else use_run(args, shared())
+    from train.progress import heartbeat
+
+    with heartbeat("inference.py"):  # a line every 30 s in a log: a GAN's measures can take a minute
+        return compare(args, shared()) if args.compare else use_run(args, shared())
 
 
 def use_run(args: argparse.Namespace, shared) -> int:

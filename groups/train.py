@@ -117,14 +117,17 @@ def plot_group_curves(members: dict[str, list[dict]], path: Path, title: str = "
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.8, wspace=0.25)
     for ax, key in zip(fig.subplots(1, max(1, len(columns)), squeeze=False)[0], columns):
         for runs in members.values():
-            ax.plot([r["epoch"] for r in runs], [r.get(key, float("nan")) for r in runs], lw=0.8, alpha=0.5)
+            ax.plot([r["epoch"] for r in runs], [r.get(key, float("nan")) for r in runs], lw=0.8, alpha=0.5, marker=".")
         last = min(len(runs) for runs in members.values())
         mean = [sum(runs[i].get(key, float("nan")) for runs in members.values()) / len(members) for i in range(last)]
-        ax.plot([next(iter(members.values()))[i]["epoch"] for i in range(last)], mean, lw=2.5, color="black", label="mean")
+        ax.plot([next(iter(members.values()))[i]["epoch"] for i in range(last)], mean, lw=2.5, color="black", label="mean",
+                marker="o", ms=4)
         ax.set(xlabel="epoch", title=key)
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if last == 1:  # one epoch: one tick, not 0.945 ... 1.050
+            ax.set_xticks([next(iter(members.values()))[0]["epoch"]])
     if title:
         fig.suptitle(title)
     save_figure(fig, path)

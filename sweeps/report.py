@@ -91,6 +91,8 @@ def draw(study, folder: Path, any_done: bool) -> list[str]:
         axes = plot(study)
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
         figure.set_size_inches(max(6, 3.5 * len(study.best_trial.params)) if name == "slices.png" else 7, 4)
+        if name == "history.png":  # trials are whole numbers
+            figure.axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         if name == "slices.png":  # a log axis (lr) labelled every minor tick, overlapping: 1, 2 and 5 of each decade only
             for ax in figure.axes[:len(study.best_trial.params)]:
                 if ax.get_xscale() == "log":

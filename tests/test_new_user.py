@@ -197,3 +197,9 @@ def test_delete_and_restore_a_whole_sweep(project):
     assert project.run("train.py", "--delete", sweep).returncode == 0 and project.run_ids() == []
     assert project.run("train.py", "--restore", sweep).returncode == 0 and project.run_ids() == runs
     assert project.run("inference.py", "--sweep", sweep).returncode == 0
+
+
+def test_inference_in_a_log_says_it_is_still_working(trained):
+    project, run_id = trained
+    r = project.run("inference.py", f"resume={run_id}", env={"TEMPLATE_PROGRESS_SECONDS": "0.05"})
+    assert r.returncode == 0 and "inference.py: still working" in r.stdout, r.stdout

@@ -1,9 +1,12 @@
 """Progress within an epoch: tqdm's bar in a terminal; where stdout is a file or a pipe (nohup, CI,
 a cluster job), a plain line at most every 30 s (TEMPLATE_PROGRESS_SECONDS), so a long epoch is
 never silent. Neither goes to train.log."""
+import contextlib
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
 
 from tqdm import tqdm
 
@@ -37,3 +40,24 @@ def progress(total: int, initial: int, desc: str, show: bool):
     if show and not sys.stdout.isatty():
         return PlainProgress(total, initial, desc)
     return tqdm(total=total, initial=initial, leave=False, disable=not show, desc=desc, dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def heartbeat(what: str) -> Iterator[None]:
+    """Where stdout is not a terminal, a line every 30 s (TEMPLATE_PROGRESS_SECONDS) while `what` runs
+    a long step that counts no steps of its own (inference.py: measuring a GAN, an A/B report)."""
+    if sys.stdout.isatty():
+        yield
+        return
+    every, stop, start = max(0.05, float(os.environ.get("TEMPLATE_PROGRESS_SECONDS", "30"))), threading.Event(), time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            print(f"{what}: still working, {int(time.monotonic() - start)} s so far", flush=True)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -37,6 +37,9 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
         if keys:
             ax.legend()
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:  # one point: matplotlib's margins would tick 0.945 ... 1.050
+            ax.set_xticks(epochs)
+            ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
