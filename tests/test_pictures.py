@@ -22,6 +22,7 @@ def test_one_epoch_is_one_tick(figures):
     assert all([t for t in ax.get_xticks()] == [1] for ax in figures[0].axes)
 
 
+@pytest.mark.groups
 def test_the_group_ab_figure_says_a_against_b_and_labels_each_pair(figures):
     from groups.compare import plot_pairs
 
