@@ -85,7 +85,8 @@ def find_group(spec: Optional[str]) -> Optional[dict]:
 def unfinished_group(spec: dict) -> Optional[dict]:
     """The newest group of this experiment that has not finished, or finished and then lost a member
     (deleted): the one the same command continues."""
-    same = [g for g in list_groups() if g.get("spec") == spec and (g.get("status") != "finished" or missing_members(g))]
+    runs = list_runs()  # read once for every group's members
+    same = [g for g in list_groups() if g.get("spec") == spec and (g.get("status") != "finished" or missing_members(g, runs))]
     return same[-1] if same else None
 
 
@@ -113,8 +114,6 @@ def member_tips(group_id: str, runs: Optional[list[dict]] = None) -> dict[tuple,
 def finished_members(group: dict) -> list[dict]:
     """The finished members' runs in plan order; a notice when some are not finished (exit 2 when none is)."""
     import sys
-
-    from utils.errors import UsageError
 
     tips = member_tips(group["id"])
     runs = [tips.get(tuple(m)) for m in group["plan"]]

@@ -221,11 +221,13 @@ def fit_width(rows: list[list[str]], elastic: tuple[int, ...]) -> list[str]:
 def to_continue(runs: list[dict]) -> list[str]:
     """A line for each killed or interrupted run that has saved state and no continuation yet:
     the command that continues it (a SIGKILLed run could not say so itself)."""
+    stopped = [r for r in runs if r.get("kind") is None and r.get("status") in ("killed", "interrupted")]
+    if not stopped:
+        return []  # the usual case: no second pass over the run folders
     continued = {(r.get("parent") or {}).get("id") for r in list_runs()}
     lines = []
-    for r in runs:
-        if r.get("kind") is None and r.get("status") in ("killed", "interrupted") and r["id"] not in continued \
-                and find_state(runstore.EXPERIMENTS, r["id"]) is not None:
+    for r in stopped:
+        if r["id"] not in continued and find_state(runstore.EXPERIMENTS, r["id"]) is not None:
             lines.append(f"run {r['id']} ({r['status']} after {r.get('epochs_done', 0)} of {count(r.get('epochs', 0), 'epoch')}): "
                          f"continue it with python train.py resume={r['id']}")
     return lines
