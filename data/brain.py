@@ -110,3 +110,46 @@ def brain_patches(side: int) -> dict:
             ids += [f"{hemisphere}/{region}/{x}_{y}_{z}" for x, y, z in chosen.tolist()]
         out[split] = (torch.cat(xs), torch.tensor(ys, dtype=torch.int64), ids)
     return out
+
+
+# ---------------------------------------------------------------- dataset: mni152_tissue
+TISSUES = ("background_csf", "grey_matter", "white_matter")
+
+
+def tissue_cases():
+    """dataset: mni152_tissue, the offline demo with a label per voxel: the T1 at 2 mm, labelled by
+    tissue. The honest threshold: each voxel takes the tissue that the template's own probability
+    maps make most likely (grey matter gm, white matter wm, and 1 - gm - wm for the rest: CSF and
+    everything outside the brain), i.e. the maximum a posteriori label of the maps, with no tuned cut.
+    Cases are blocks: each hemisphere cut in four (front/back x top/bottom at the brain's centre of
+    mass); the left hemisphere's four train, the right's four validate. Intensities: z-score per
+    case (MRI). Returns (data/cases.py's CaseSource, the geometry run.json keeps)."""
+    from data.cases import CaseSource
+    from data.volumes import canonical_header
+
+    maps = read_template()
+    t1, tissue = maps["t1"], torch.stack([(1 - maps["gm"] - maps["wm"]).clamp(min=0), maps["gm"], maps["wm"]])
+    label = tissue.argmax(0).to(torch.uint8)
+    _, affine = canonical_header(template_folder() / FILES["t1"])
+    affine = affine @ np.array([[2.0, 0, 0, 0.5], [0, 2.0, 0, 0.5], [0, 0, 2.0, 0.5], [0, 0, 0, 1]])  # 2x2x2 means (read_template)
+    mid = t1.shape[0] // 2
+    weights = (maps["gm"] + maps["wm"]) / (maps["gm"] + maps["wm"]).sum()
+    cy, cz = (int(round(float((weights.sum(dims) * torch.arange(t1.shape[a])).sum()))) for a, dims in ((1, (0, 2)), (2, (0, 1))))
+    images, labels, ids, affines = [], [], [], []
+    for side, (x0, x1) in (("left", (0, mid)), ("right", (mid, t1.shape[0]))):
+        for ap, (y0, y1) in (("posterior", (0, cy)), ("anterior", (cy, t1.shape[1]))):
+            for si, (z0, z1) in (("inferior", (0, cz)), ("superior", (cz, t1.shape[2]))):
+                block = t1[x0:x1, y0:y1, z0:z1]
+                images.append(((block - block.mean()) / block.std().clamp(min=1e-8))[None].contiguous())
+                labels.append(label[x0:x1, y0:y1, z0:z1].contiguous())
+                ids.append(f"{side}_{ap}_{si}")
+                corner = np.eye(4)
+                corner[:3, 3] = (x0, y0, z0)
+                affines.append(affine @ corner)
+    spacing = [round(float(v), 6) for v in np.linalg.norm(affine[:3, :3], axis=0)]
+    geometry = {"orientation": "RAS+", "spacing_mm": spacing, "channels": [{"name": "T1", "rule": "zscore"}],
+                "labels": {name: i for i, name in enumerate(TISSUES)}, "file_ending": ".nii.gz",
+                "median_shape": [int(v) for v in np.median([lab.shape for lab in labels], axis=0)],
+                "split": {"train": [0, 1, 2, 3], "val": [4, 5, 6, 7],
+                          "why": "the right hemisphere's four blocks (training: the left's)"}}
+    return CaseSource(images, labels, ids, affines), geometry

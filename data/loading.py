@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.augment import Augment, epoch_seed, erase, geometric, mix, partners
+from data.cases import is_case_folder
 from data.named import NAMES, load_named
 from utils.config import Config
 from utils.errors import UsageError
@@ -237,6 +238,7 @@ class Data:
     val_split: str = "held out by split_seed"  # where the validation samples come from, for run.json
     geometry: Optional[dict] = None  # volumes: orientation, spacing and affine after resampling (data/volumes.py)
     fold_table: Optional[str] = None  # folds: every pooled sample's fold as CSV (index,id,fold), saved with a group
+    voxel_labels: bool = False  # cases with a label per voxel (data/cases.py), not samples with one class each
 
 
 def _hash_ids(dataset: str, ids: list) -> str:
@@ -260,9 +262,13 @@ def _split_data(cfg: Config) -> Data:
     if cfg.dataset in NAMES:
         return _named(cfg)
     if cfg.dataset == "volume_folder":
-        return _volume_folder(cfg)
+        return _case_folder(cfg) if is_case_folder(cfg.data_dir) else _volume_folder(cfg)
     if cfg.dataset == "mni152":
         return _brain(cfg)
+    if cfg.dataset == "mni152_tissue":
+        from data.brain import tissue_cases
+
+        return _cases_split(cfg, *tissue_cases())
     if cfg.dataset == "image_folder":
         root = Path(cfg.data_dir).expanduser()
         if (root / "train").is_dir() and (root / "val").is_dir():
@@ -469,6 +475,31 @@ def _brain(cfg: Config) -> Data:
     centre = tuple(int(v) for v in train.ids[0].split("/")[-1].split("_"))  # ids: hemisphere/region/x_y_z
     return Data(_whole(train, info), _whole(val, info), info, _hash_ids(cfg.dataset, val.ids), train.ids, val.ids,
                 "the right hemisphere (training: the left)", patch_geometry(side, centre))
+
+
+def _case_folder(cfg: Config) -> Data:
+    """nnU-Net's raw layout (data/cases.py): whole cases held out by val_fraction and split_seed (or folds)."""
+    from data.cases import RULES, load_cases
+
+    rule = cfg.intensity if cfg.intensity in RULES else "auto"
+    source, spec, geometry = load_cases(Path(cfg.data_dir).expanduser(), getattr(cfg, "spacing", None), rule)
+    return _cases_split(cfg, source, geometry)
+
+
+def _cases_split(cfg: Config, source, geometry: dict) -> Data:
+    """Cases (data/cases.py's CaseSource) split into whole training and validation cases."""
+    if len(source) < 2:
+        raise UsageError(f"data_dir: {len(source)} case(s); at least 2 are needed to hold one out for validation")
+    if "split" in geometry:  # the data set fixes its split (mni152_tissue: left hemisphere to train, right to validate)
+        train_idx, val_idx, split = geometry["split"]["train"], geometry["split"]["val"], geometry["split"]["why"]
+    else:
+        train_idx, val_idx = split_indices(len(source), cfg.val_fraction, cfg.split_seed)
+        split = "held out by split_seed"
+    channels = len(geometry["channels"])
+    info = DataInfo(list(geometry["labels"]), channels, tuple(geometry["median_shape"]), (0.0,) * channels, (1.0,) * channels)
+    val_ids = [source.ids[i] for i in val_idx]
+    return Data(SplitSet(source, train_idx, info), SplitSet(source, val_idx, info), info, _hash_ids(cfg.dataset, val_ids),
+                [source.ids[i] for i in train_idx], val_ids, split, geometry, voxel_labels=True)
 
 
 def _named(cfg: Config) -> Data:

@@ -14,6 +14,7 @@ from model.resnet3d import ResNet18_3d
 from model.small_cnn import SmallCNN
 from model.small_cnn3d import SmallCNN3d
 from model.small_cnn_v1 import SmallCNNv1
+from model.unet3d import UNet3d
 
 model_dict = {
     "small_cnn": SmallCNN,
@@ -31,4 +32,5 @@ model_dict = {
     "alpha_generator": AlphaGenerator,
     "alpha_critic": AlphaCritic,
     "code_critic": CodeCritic,
+    "unet3d": UNet3d,
 }

@@ -5,6 +5,7 @@ DDP, AMP and the reports work for every task. Importing this module does not imp
 from tasks.alpha_wgan_gp import AlphaWganGp
 from tasks.base import Task
 from tasks.classify import Classify
+from tasks.segment import Segment
 from tasks.wgan_gp import WganGp
 from utils.errors import UsageError, a_an
 
@@ -12,6 +13,7 @@ task_dict: dict[str, type[Task]] = {
     "classify": Classify,
     "wgan_gp": WganGp,
     "alpha_wgan_gp": AlphaWganGp,
+    "segment": Segment,
 }
 configs = {name: task.config for name, task in task_dict.items()}  # each task's config class, for utils/config.py
 

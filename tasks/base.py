@@ -39,6 +39,7 @@ class Task:
     modes: dict[str, str] = {}          # its validation metrics `monitor` may name -> "max" or "min" (which is better)
     compares_with: tuple[str, ...] = ()  # other tasks whose runs its --compare takes beside its own
     low_precision: bool = True          # amp: auto may pick bf16 (False: fp32 unless asked, e.g. a loss differentiated twice)
+    voxel_labels: bool = False          # it trains on cases with a label per voxel (data/cases.py), not on classed samples
 
     # ------------------------------------------------------------ building (train.py calls these)
     def default_monitor(self, cfg: Config) -> str:

@@ -49,8 +49,7 @@ def train_run(plan: Plan) -> int:
     """One run, new or continued: everything from the machine to the final weights."""
     task = plan.task  # what is specific to the task: tasks/<name>/
     device = prepare_machine(plan.cfg)
-    data, plan.cfg = load_data(plan.cfg)
-    data = task.prepare_data(plan.cfg, data)
+    data, plan.cfg = load_data(plan.cfg, task)
     model = build_model_for(plan, task, data)
     plan.cfg = cfg = resolve_auto(plan.cfg, device, model, task)  # as config.yaml will record it
     place_model(model, cfg, device)
@@ -171,12 +170,18 @@ def prepare_machine(cfg: Config) -> torch.device:
     return device
 
 
-def load_data(cfg: Config) -> tuple[Data, Config]:
-    """The data, and the config with `batch_size: auto` resolved for its training split."""
+def load_data(cfg: Config, task: Task) -> tuple[Data, Config]:
+    """The data as the task trains on them, and the config with `batch_size: auto` resolved for its
+    training split."""
     from data.loading import build_data
     from train.build import auto_batch_size
 
     data = build_data(cfg)
+    if data.voxel_labels != task.voxel_labels:
+        what = "cases with a label per voxel (dataset.json)" if data.voxel_labels else "samples without a label per voxel"
+        raise UsageError(f"dataset {cfg.dataset}: holds {what}, which task {cfg.task} does not train on; "
+                         f"choose a task that does (--help lists them) or other data")
+    data = task.prepare_data(cfg, data)
     auto = cfg.batch_size is None
     if auto:
         cfg = dataclasses.replace(cfg, batch_size=auto_batch_size(len(data.train)))

@@ -25,8 +25,9 @@ DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")  # a run's name and each tag: safe in a path, a URL, a shell
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake", "volume_folder", "mni152")
-VOLUME_DATASETS = ("volume_folder", "mni152")  # 3D: (C, D, H, W) samples
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake", "volume_folder", "mni152",
+            "mni152_tissue")
+VOLUME_DATASETS = ("volume_folder", "mni152", "mni152_tissue")  # 3D: (C, D, H, W) samples
 FOLDER_DATASETS = ("image_folder", "volume_folder")  # data_dir is a folder of class sub-folders
 NAMED_DATASETS = DATASETS[1:5]  # read from files in data_dir
 
@@ -190,14 +191,19 @@ def element_type(cls: type, name: str) -> type:
 def _type_name(cls: type, name: str) -> str:
     if fields_of(cls)[name].metadata.get("auto"):
         return "auto, true or false"
-    if fields_of(cls)[name].metadata.get("auto_int"):
-        return "auto or an integer"
     base, optional = base_type(cls, name)
+    if fields_of(cls)[name].metadata.get("auto_int"):
+        return "auto or " + ("an integer" if base is int else _type_name_plain(cls, name, base))
+    return _type_name_plain(cls, name, base) + (" or null" if optional else "")
+
+
+def _type_name_plain(cls: type, name: str, base: type) -> str:
     if fields_of(cls)[name].metadata.get("triple"):
-        text = "an integer or a list of three"
+        kind = "a number" if element_type(cls, name) is float else "an integer"
+        text = f"{kind} or a list of three"
     else:
         text = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}[base]
-    return text + (" or null" if optional else "")
+    return text
 
 
 def convert(cls: type, name: str, value: Any) -> Any:
@@ -244,11 +250,12 @@ def _list(cls: type, name: str, value: Any) -> list:
         triple = fields_of(cls)[name].metadata.get("triple")
         if isinstance(value, str):
             value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
-        value = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+        kinds = (int, float) if element_type(cls, name) is float else (int,)
+        value = [value] if isinstance(value, kinds) and not isinstance(value, bool) else value
         value = value * 3 if triple and isinstance(value, list) and len(value) == 1 else value
-        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value) \
+        if isinstance(value, list) and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value) \
                 and (not triple or len(value) == 3):
-            return value
+            return [float(v) for v in value] if float in kinds else value
     raise ValueError(f"expected {_type_name(cls, name)}, got {value!r}")
 
 
