@@ -12,6 +12,7 @@ file's header and affine: inference/labels/<case>.nii.gz, the same shape, affine
 as the input. A group's members (resume=<group id>) are ensembled: the mean of their probabilities.
 """
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,7 @@ def write_like(array: np.ndarray, source: Path, path: Path) -> None:
     out = nib.Nifti1Image(array, image.affine, header)
     out.set_qform(image.affine, code=int(image.header["qform_code"]) or 1)
     out.set_sform(image.affine, code=int(image.header["sform_code"]) or 1)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # nibabel reads the format off the ending
     nib.save(out, str(tmp))
     tmp.replace(path)
 
