@@ -7,7 +7,8 @@ import torch
 
 from model import model_dict
 
-CLASSIFIERS = sorted(n for n, cls in model_dict.items() if "num_classes" in inspect.signature(cls).parameters)
+CLASSIFIERS = sorted(n for n, cls in model_dict.items() if "num_classes" in inspect.signature(cls).parameters
+                     and "spacing" not in inspect.signature(cls).parameters)  # a segmentation network: tests/tasks/test_segment.py
 VOLUMETRIC = [n for n in CLASSIFIERS if getattr(model_dict[n], "volumetric", False)]
 
 

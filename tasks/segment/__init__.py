@@ -116,3 +116,9 @@ class Segment(Task):
         from tasks.segment.infer import predict_files
 
         return predict_files(self, cfg, runs, input_path, out_dir)
+
+    def compare(self, cfg: SegmentConfig, run_a: dict, run_b: dict, backends: tuple, input_path: Optional[str]) -> int:
+        """Per-case paired Dice on B's validation cases: Wilcoxon, a bootstrap interval, a verdict (compare.py)."""
+        from tasks.segment.compare import compare_main
+
+        return compare_main(self, cfg, run_a, run_b, backends, input_path)

@@ -32,7 +32,8 @@ class SegmentConfig(Config):
     save_probabilities: bool = key(False, "inference.py --input: also write each class's probability as <case>_prob.nii.gz")
     augment: str = key("auto", "auto (flips of every axis, rotation and scale with p 0.2, gamma with p 0.3, noise with p 0.1) "
                        "| none", choices=("auto", "none"))
-    epochs: int = key(40, "total epochs of the run, counted across its resumed parents", at_least=1)
+    epochs: int = key(15, "total epochs of the run, counted across its resumed parents (15: about 15 minutes on 2 CPU "
+                      "cores for the demo)", at_least=1)
     batch_size: int = key(2, "global batch of patches per optimizer step (nnU-Net: 2)", at_least=1)
     lr: float = key(3e-3, "peak learning rate", above=0)
     weight_decay: float = key(3e-5, "weight decay (not applied to biases and norm weights)", at_least=0)

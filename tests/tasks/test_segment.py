@@ -200,3 +200,15 @@ def test_sliding_window_covers_every_voxel_and_matches_one_window():
     assert out.shape == (2, 20, 17, 9)
     assert torch.allclose(out, net(x[None])[0], atol=1e-5)  # a pointwise network: weighting changes nothing
     assert windows((20, 17, 9), (8, 8, 8), 0.5)[-1] == (12, 9, 1)
+
+
+@pytest.mark.slow
+def test_compare_pairs_the_cases(trained):
+    """A run against itself: every case's difference is 0, Wilcoxon's p is 1, and the verdict says no difference."""
+    project, _, run_id = trained
+    r = project.run("inference.py", "--compare", run_id, run_id, "inference_device=cpu", "mirror=false")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((project.experiments / run_id / "inference" / f"compare_{run_id}_vs_{run_id}.json").read_text())
+    assert report["cases"] == len(project.info(run_id)["config"] and report["per_case"]) >= 1
+    assert all(c["delta"] == 0 for c in report["per_case"]) and report["wilcoxon_p"] == 1.0
+    assert report["verdict"].startswith("No evidence")

@@ -20,7 +20,8 @@ TASKS = [*task_dict, "denoise"]
 RUN = ("epochs=2",)  # every task's own defaults, for two epochs (22 steps each on the digits)
 # Tasks whose defaults train for minutes an epoch run smaller here, still 22 steps an epoch
 # (alpha_wgan_gp: the 960 brain patches of 8^3 in batches of 43).
-SMALL = {"alpha_wgan_gp": ("volume_size=8", "batch_size=43")}
+# (segment: 44 patches of 16^3 a epoch in batches of 2, on the demo's brain blocks.)
+SMALL = {"alpha_wgan_gp": ("volume_size=8", "batch_size=43"), "segment": ("patch_size=16", "patches_per_epoch=44")}
 
 
 def run_args(task: str) -> tuple:
