@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench import interleaved, record, trainer_epoch  # noqa: E402
-from data.loading import EvalBatchSampler, EpochBatchSampler, build_data, make_loader  # noqa: E402
+from data.loading import EpochBatchSampler, EvalBatchSampler, build_data, make_loader  # noqa: E402
 from model.unet3d import UNet3d  # noqa: E402
 from tasks.segment import Segment  # noqa: E402
 from tasks.segment.config import SegmentConfig  # noqa: E402

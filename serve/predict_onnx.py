@@ -9,6 +9,13 @@ scale, normalise; see preprocess.json), so it predicts the same classes as `infe
 Imports only the standard library, numpy, Pillow and onnxruntime; for a volume classifier (its
 preprocess.json has "volume"), nibabel too: `.nii.gz`, `.nii` and `.npy` files are reoriented to RAS,
 resampled trilinearly and their intensities normalised as utils/volumes.load_volume does.
+
+A segmentation run (preprocess.json has "segmentation"; pip install nibabel too):
+
+    python predict_onnx.py EXPORT_DIR CASE.nii.gz|imagesTs/ [...] --out labels/   ->  labels/<case>.nii.gz
+
+runs tasks/segment/window.py's Gaussian sliding window over model.onnx and writes each label map in
+its input's own geometry (shape, affine, axis order), as `inference.py --input` does.
 """
 import argparse
 import hashlib
@@ -186,13 +193,122 @@ def images(paths: list, volumes: bool = False) -> list:
     return out
 
 
+# ---------------------------------------------------------------- segmentation (preprocess.json has "segmentation")
+def case_inputs(paths: list, seg: dict, channels: int) -> list:
+    """[(case id, [channel files])]: single files (one channel), or folders in imagesTs layout (<case>_0000<ending>, ...)."""
+    ending, out = seg["file_ending"], []
+    for p in map(Path, paths):
+        if p.is_file():
+            name = p.name[:-len(ending)] if p.name.endswith(ending) else p.stem
+            out.append((name[:-5] if name.endswith("_0000") else name, [p]))
+            continue
+        for first in sorted(p.glob(f"*_0000{ending}")):
+            case = first.name[:-len(ending) - 5]
+            out.append((case, [p / f"{case}_{c:04d}{ending}" for c in range(channels)]))
+    return out
+
+
+def normalise_channel(x: np.ndarray, rule: dict) -> np.ndarray:
+    """One channel by its recorded rule (the template's data/cases.py): zscore per case, or ct with the recorded numbers."""
+    if rule["rule"] == "ct":
+        return ((np.clip(x, *rule["clip"]) - rule["mean"]) / rule["std"]).astype(np.float32)
+    return ((x - x.mean()) / max(float(x.std()), 1e-8)).astype(np.float32)
+
+
+def gaussian(patch: list, sigma_scale: float = 0.125) -> np.ndarray:
+    axes = [np.exp(-0.5 * ((np.arange(p) - (p - 1) / 2) / (p * sigma_scale)) ** 2) for p in patch]
+    g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    g = g / g.max()
+    g[g == 0] = g[g > 0].min()
+    return g.astype(np.float32)
+
+
+def starts(size: int, patch: int, overlap: float) -> list:
+    if size <= patch:
+        return [0]
+    n = int(np.ceil((size - patch) / (patch * (1 - overlap)))) + 1
+    return [int(round(i * (size - patch) / (n - 1))) for i in range(n)]
+
+
+def sliding_window(session, x: np.ndarray, patch: list, classes: int, overlap: float, mirror: bool, batch: int = 4) -> np.ndarray:
+    """(C, X, Y, Z) -> logits (classes, X, Y, Z), Gaussian-weighted, as the template's tasks/segment/window.py."""
+    pads = [(max(0, p - n) // 2, max(0, p - n) - max(0, p - n) // 2) for n, p in zip(x.shape[1:], patch)]
+    xp = np.pad(x, [(0, 0)] + pads)
+    shape = xp.shape[1:]
+    weight = gaussian(patch)
+    total, norm = np.zeros((classes, *shape), np.float32), np.zeros(shape, np.float32)
+    corners = [(a, b, c) for a in starts(shape[0], patch[0], overlap) for b in starts(shape[1], patch[1], overlap)
+               for c in starts(shape[2], patch[2], overlap)]
+    flips = [()] + ([(2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)] if mirror else [])
+    for i in range(0, len(corners), batch):
+        group = corners[i:i + batch]
+        tiles = np.stack([xp[:, a:a + patch[0], b:b + patch[1], c:c + patch[2]] for a, b, c in group]).astype(np.float32)
+        logits = sum(np.flip(session.run(None, {"input": np.ascontiguousarray(np.flip(tiles, f))})[0], f) for f in flips) / len(flips)
+        for (a, b, c), tile in zip(group, logits):
+            total[:, a:a + patch[0], b:b + patch[1], c:c + patch[2]] += tile * weight
+            norm[a:a + patch[0], b:b + patch[1], c:c + patch[2]] += weight
+    out = total / norm
+    (x0, _), (y0, _), (z0, _) = pads
+    return out[:, x0:x0 + x.shape[1], y0:y0 + x.shape[2], z0:z0 + x.shape[3]]
+
+
+def segment_case(session, spec: dict, files: list) -> tuple:
+    """A case's channel files -> (label map in the first file's own voxel order, that file's nibabel image)."""
+    import nibabel as nib
+
+    seg, first = spec["segmentation"], nib.load(str(files[0]))
+    ornt = nib.orientations.io_orientation(first.affine)
+    canon = [nib.as_closest_canonical(nib.load(str(f))) for f in files]
+    spacing = np.linalg.norm(canon[0].affine[:3, :3], axis=0)
+    x = np.stack([normalise_channel(np.asarray(c.dataobj, dtype=np.float32), r) for c, r in zip(canon, seg["channel_rules"])])
+    grid = x.shape[1:]
+    target = [max(1, int(round(n * s / t))) for n, s, t in zip(grid, spacing, seg["spacing_mm"])]
+    for axis, n in enumerate(target):
+        x = linear_axis(x, n, axis + 1)
+    logits = sliding_window(session, x, seg["patch"], len(spec["class_names"]), seg["window"]["overlap"], seg["window"]["mirror"])
+    probs = np.exp(logits - logits.max(0, keepdims=True))
+    probs /= probs.sum(0, keepdims=True)
+    for axis, n in enumerate(grid):
+        probs = linear_axis(probs, n, axis + 1)
+    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), ornt)
+    return np.ascontiguousarray(nib.orientations.apply_orientation(probs.argmax(0).astype(np.uint8), back)), first
+
+
+def write_label(label: np.ndarray, like, path: Path) -> None:
+    """The label map with the input file's header and affine, as the template's inference.py --input writes it."""
+    import nibabel as nib
+
+    header = like.header.copy()
+    header.set_data_dtype(np.uint8)
+    out = nib.Nifti1Image(label, like.affine, header)
+    out.set_qform(like.affine, code=int(like.header["qform_code"]) or 1)
+    out.set_sform(like.affine, code=int(like.header["sform_code"]) or 1)
+    nib.save(out, str(path))
+
+
+def segment(session, spec: dict, inputs: list, out_dir: Path) -> list:
+    """Write <case>.nii.gz label maps into out_dir; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for case, files in case_inputs(inputs, spec["segmentation"], spec["channels"]):
+        label, like = segment_case(session, spec, files)
+        write_label(label, like, out_dir / f"{case}.nii.gz")
+        written.append(out_dir / f"{case}.nii.gz")
+    return written
+
+
 def main(argv: list = None) -> int:
     parser = argparse.ArgumentParser(description="Predict classes with an exported run's model.onnx (no torch).")
     parser.add_argument("export_dir", type=Path, help="the export folder: model.onnx and preprocess.json")
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    parser.add_argument("--out", type=Path, default=Path("labels"), help="segmentation: where <case>.nii.gz label maps go")
     args = parser.parse_args(argv)
     session, spec = load(args.export_dir, args.threads)
+    if "segmentation" in spec:
+        for path in segment(session, spec, args.inputs, args.out):
+            print(path)
+        return 0
     try:
         rows = predict(session, spec, images(args.inputs, "volume" in spec))
     except OSError as e:

@@ -78,8 +78,8 @@ class Config:
                               "(a group)", at_least=0)
     deterministic: bool = key(True, "bit-identical results on the same machine (slower paths on GPU)")
     dataset: str = key("digits", "digits (sklearn's 8x8) | mnist | fashion_mnist | cifar10 | cifar100 | image_folder | fake "
-                       "| volume_folder (3D: NIfTI or .npy volumes) | mni152 (3D brain patches, offline) | mni152_tissue (the 3D brain with a "
-                       "tissue label per voxel, offline)", choices=DATASETS)
+                       "| volume_folder (3D: NIfTI or .npy volumes) | mni152 (3D brain patches, offline) | mni152_tissue (the 3D brain "
+                       "with a tissue label per voxel, offline)", choices=DATASETS)
     data_dir: Optional[str] = key(None, "files of mnist ... cifar100, or class sub-folders (optionally in train/, val/): image_folder")
     download: bool = key(False, "mnist ... cifar100: fetch missing files into data_dir with torchvision's helpers")
     image_size: Optional[int] = key(None, "square side images are resized to; null: the data's own (an image_folder's median side)",

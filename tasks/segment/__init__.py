@@ -122,3 +122,9 @@ class Segment(Task):
         from tasks.segment.compare import compare_main
 
         return compare_main(self, cfg, run_a, run_b, backends, input_path)
+
+    def export(self, cfg: SegmentConfig, run: dict, formats: list[str]) -> int:
+        """The network as ONNX, parity checked; serve/predict_onnx.py runs the sliding window (export.py)."""
+        from tasks.segment.export import export_main
+
+        return export_main(self, cfg, run, formats)

@@ -117,7 +117,7 @@ def test_input_label_maps_have_the_inputs_shape_and_affine(trained, tmp_path):
         truths[name] = (affine, label)
     r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu", "--input", str(folder), "save_probabilities=true")
     assert r.returncode == 0, r.stderr
-    for name, (affine, label) in truths.items():
+    for name, (_, label) in truths.items():
         out = nib.load(str(project.experiments / run_id / "inference" / "labels" / f"{name}.nii.gz"))
         assert out.shape == label.shape and np.array_equal(out.affine, nib.load(str(folder / f"{name}_0000.nii.gz")).affine)
         pred = np.asarray(out.dataobj)
@@ -212,3 +212,49 @@ def test_compare_pairs_the_cases(trained):
     assert report["cases"] == len(project.info(run_id)["config"] and report["per_case"]) >= 1
     assert all(c["delta"] == 0 for c in report["per_case"]) and report["wilcoxon_p"] == 1.0
     assert report["verdict"].startswith("No evidence")
+
+
+@pytest.mark.slow
+def test_export_and_predict_onnx_write_the_same_label_map(trained, tmp_path):
+    """--export onnx passes its parity gate; serve/predict_onnx.py (no torch) writes label maps that
+    differ from inference.py --input's in at most 0.1% of the voxels (counted here)."""
+    pytest.importorskip("onnxruntime")
+    project, _, run_id = trained
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    affine, shape = grid_affine((1.2, 1.5, 3.0), (True, False, False), (1, 0, 2))
+    save(sample_case(np.random.default_rng(3), affine, shape)[0], affine, folder / "c1_0000.nii.gz")
+    r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu", "--export", "onnx", "mirror=false")
+    assert r.returncode == 0, r.stderr
+    export = project.experiments / run_id / "export"
+    assert json.loads((export / "parity.json").read_text())["onnx"]["passed"]
+    r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu", "--input", str(folder), "mirror=false")
+    assert r.returncode == 0, r.stderr
+    r = project.run("serve/predict_onnx.py", str(export), str(folder), "--out", str(tmp_path / "onnx"))
+    assert r.returncode == 0, r.stderr
+    ours = nib.load(str(project.experiments / run_id / "inference" / "labels" / "c1.nii.gz"))
+    theirs = nib.load(str(tmp_path / "onnx" / "c1.nii.gz"))
+    assert theirs.shape == ours.shape and np.array_equal(theirs.affine, ours.affine)
+    differing = int((np.asarray(ours.dataobj) != np.asarray(theirs.dataobj)).sum())
+    assert differing <= 0.001 * np.prod(shape), differing
+
+
+@pytest.mark.slow
+@pytest.mark.groups
+def test_folds_train_a_group_whose_members_are_ensembled(project, tmp_path):
+    """folds=2 on cases: each member holds out whole cases; resume=<group> --input writes the members'
+    mean label map in the input's geometry."""
+    data = make_case_folder(tmp_path / "data", cases=4)
+    r = project.run("train.py", "task=segment", "dataset=volume_folder", f"data_dir={data}", "folds=2", "epochs=1",
+                    "patches_per_epoch=8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    members = project.run_ids()
+    assert len(members) == 2
+    assert [project.info(m)["val_size"] for m in members] == [2, 2]  # whole cases, two a fold
+    (group,) = [p.name for p in (project.experiments / "groups").iterdir() if p.is_dir()]
+    r = project.run("inference.py", f"resume={group}", "inference_device=cpu", "--input", str(data / "imagesTr" / "case00_0000.nii.gz"),
+                    "mirror=false")
+    assert r.returncode == 0, r.stderr
+    assert "ensemble of 2 members" in r.stdout
+    out = nib.load(str(project.experiments / "groups" / group / "inference" / "labels" / "case00.nii.gz"))
+    assert out.shape == nib.load(str(data / "imagesTr" / "case00_0000.nii.gz")).shape

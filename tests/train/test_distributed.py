@@ -105,6 +105,20 @@ def test_alpha_gan_trains_and_continues_under_two_processes(project):
     assert project.info(project.run_ids()[-1])["epochs_done"] == 2
 
 
+def test_segment_trains_and_continues_under_two_processes(project):
+    """task=segment under DDP: each process takes half of every batch of patches and half of the
+    validation cases, whose Dice sums are pooled; the run continues under torchrun."""
+    small = ("task=segment", "patch_size=16", "patches_per_epoch=8")
+    r = torchrun(project, 2, "device=cpu", *small, "epochs=1")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (run_id,) = project.run_ids()
+    info = project.info(run_id)
+    assert info["world_size"] == 2 and 0 < info["metrics"]["val_dice"] <= 1
+    r = torchrun(project, 2, f"resume={run_id}", "epochs=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert project.info(project.run_ids()[-1])["epochs_done"] == 2
+
+
 def test_batchnorm_statistics_pool_every_process(project):
     """small_cnn (BatchNorm) under two processes: the statistics recomputed before validation are the
     exact statistics over both processes' micro-batches (each normalised by its own batch, as in
