@@ -44,7 +44,8 @@ def write_raw(raw: Path) -> list:
     for image, label, case, affine in zip(source.images, source.labels, source.ids, source.affines):
         nib.save(nib.Nifti1Image(image[0].numpy().astype(np.float32), affine), str(folder / "imagesTr" / f"{case}_0000.nii.gz"))
         nib.save(nib.Nifti1Image(label.numpy().astype(np.uint8), affine), str(folder / "labelsTr" / f"{case}.nii.gz"))
-    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}, "labels": geometry["labels"],
+    labels = {("background" if v == 0 else k): v for k, v in geometry["labels"].items()}  # nnU-Net requires the name
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}, "labels": labels,
                                                      "numTraining": len(source.ids), "file_ending": ".nii.gz"}))
     split = geometry["split"]
     return [source.ids[i] for i in split["train"]], [source.ids[i] for i in split["val"]]
