@@ -55,8 +55,7 @@ def dice_ce(net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
             target = F.interpolate(target[:, None].float(), size=logits.shape[2:], mode="nearest-exact")[:, 0].long()
         ce, dice = F.cross_entropy(logits.float(), target), soft_dice(logits, target)
         first = first or (ce.detach(), dice.detach())
-        if w:
-            total = total + w * (ce + 1 - dice)
+        total = total + w * (ce + 1 - dice)  # weight 0 too: under DDP every head must be in the graph
     return total, {"train_ce": first[0], "train_dice": first[1]}
 
 

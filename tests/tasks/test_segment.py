@@ -5,6 +5,9 @@ sha256, SIGKILL and resume, NaN, refusals) run in tests/tasks/test_tasks.py."""
 import json
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from tests.conftest import copy_project
 from tests.tasks.cases import LABELS, grid_affine, make_case_folder, sample_case, save
 
 nib = pytest.importorskip("nibabel")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def dice(a, b) -> float:
@@ -204,14 +208,18 @@ def test_sliding_window_covers_every_voxel_and_matches_one_window():
 
 @pytest.mark.slow
 def test_compare_pairs_the_cases(trained):
-    """A run against itself: every case's difference is 0, Wilcoxon's p is 1, and the verdict says no difference."""
+    """The run against its continuation (one more epoch): the same validation cases paired, each
+    delta B - A, Wilcoxon's p, a bootstrap interval around the mean delta, and a verdict."""
     project, _, run_id = trained
-    r = project.run("inference.py", "--compare", run_id, run_id, "inference_device=cpu", "mirror=false")
+    child = project.train(f"resume={run_id}", "epochs=5")
+    r = project.run("inference.py", "--compare", run_id, child, "inference_device=cpu", "mirror=false")
     assert r.returncode == 0, r.stderr
-    report = json.loads((project.experiments / run_id / "inference" / f"compare_{run_id}_vs_{run_id}.json").read_text())
-    assert report["cases"] == len(project.info(run_id)["config"] and report["per_case"]) >= 1
-    assert all(c["delta"] == 0 for c in report["per_case"]) and report["wilcoxon_p"] == 1.0
-    assert report["verdict"].startswith("No evidence")
+    report = json.loads((project.experiments / child / "inference" / f"compare_{run_id}_vs_{child}.json").read_text())
+    assert report["cases"] == project.info(child)["val_size"] == len(report["per_case"])
+    assert all(abs(c["delta"] - (c["B"] - c["A"])) < 1e-12 for c in report["per_case"])
+    lo, hi = report["dice_diff_B_minus_A"]["ci95"]
+    assert lo <= report["dice_diff_B_minus_A"]["value"] <= hi and 0 <= report["wilcoxon_p"] <= 1
+    assert report["verdict"] and "Wilcoxon" in r.stdout
 
 
 @pytest.mark.slow
@@ -230,7 +238,8 @@ def test_export_and_predict_onnx_write_the_same_label_map(trained, tmp_path):
     assert json.loads((export / "parity.json").read_text())["onnx"]["passed"]
     r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu", "--input", str(folder), "mirror=false")
     assert r.returncode == 0, r.stderr
-    r = project.run("serve/predict_onnx.py", str(export), str(folder), "--out", str(tmp_path / "onnx"))
+    r = subprocess.run([sys.executable, str(ROOT / "serve" / "predict_onnx.py"), str(export), str(folder), "--out",
+                        str(tmp_path / "onnx")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     ours = nib.load(str(project.experiments / run_id / "inference" / "labels" / "c1.nii.gz"))
     theirs = nib.load(str(tmp_path / "onnx" / "c1.nii.gz"))
