@@ -15,7 +15,6 @@
 """
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))  # bench/ itself is sys.path[0]: `import bench` is
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench import interleaved, record, trainer_epoch  # noqa: E402
+from bench import interleaved, project_copy, record, trainer_epoch  # noqa: E402
 from data.loading import EpochBatchSampler, EvalBatchSampler, build_data, info_from_run, make_loader  # noqa: E402
 from model.alpha_gan import AlphaCritic, AlphaEncoder, AlphaGenerator, CodeCritic  # noqa: E402
 from tasks.alpha_wgan_gp import AlphaWganGp  # noqa: E402
@@ -114,10 +113,7 @@ def bench_step(reps: int) -> None:
 # ---------------------------------------------------------------- the recipe against the plain loop
 def template_run(tmp: Path) -> tuple[str, float, Path]:
     """python train.py task=alpha_wgan_gp in a copy of the project: (run id, wall seconds, the copy)."""
-    copy = tmp / "proj"
-    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("experiments", "checkpoints", ".git", "__pycache__"))
-    for name in ("experiments", "checkpoints"):
-        (copy / name).mkdir()
+    copy = project_copy(tmp)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "train.py", "task=alpha_wgan_gp", "progress=false"], cwd=copy, check=True)
     seconds = time.perf_counter() - t0

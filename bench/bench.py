@@ -88,6 +88,15 @@ def make_trainer(cfg: Config, model, loader, val_loader) -> Trainer:
                    state=TrainState(), weights_meta={})
 
 
+def project_copy(tmp: Path) -> Path:
+    """A copy of the project without its runs, for a timed `python train.py` in it."""
+    copy = tmp / "proj"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("experiments", "checkpoints", ".git", "__pycache__"))
+    for name in ("experiments", "checkpoints"):
+        (copy / name).mkdir()
+    return copy
+
+
 def trainer_epoch(trainer: Trainer) -> None:
     trainer.state.epoch, trainer.state.step = 1, 0
     trainer.train_epoch()

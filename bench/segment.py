@@ -19,7 +19,6 @@
 """
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT))  # bench/ itself is sys.path[0]: `import bench` is
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench import interleaved, record, trainer_epoch  # noqa: E402
+from bench import interleaved, project_copy, record, trainer_epoch  # noqa: E402
 from data.loading import EpochBatchSampler, EvalBatchSampler, build_data, make_loader  # noqa: E402
 from model.unet3d import UNet3d  # noqa: E402
 from tasks.segment import Segment  # noqa: E402
@@ -155,10 +154,7 @@ def baselines() -> dict:
 
 def template_demo(tmp: Path) -> tuple[dict, float, Path]:
     """python train.py task=segment in a copy of the project: (run.json, wall seconds, the copy)."""
-    copy = tmp / "proj"
-    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("experiments", "checkpoints", ".git", "__pycache__"))
-    for name in ("experiments", "checkpoints"):
-        (copy / name).mkdir()
+    copy = project_copy(tmp)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "train.py", "task=segment", "progress=false"], cwd=copy, check=True)
     seconds = time.perf_counter() - t0

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from data.volumes import nibabel
+from data.volumes import nibabel, read_nifti
 from utils.errors import UsageError
 
 RULES = ("zscore", "ct")
@@ -110,19 +110,7 @@ def list_cases(root: Path, spec: DatasetSpec, labelled: bool = True, images: str
 
 def read_canonical(path: Path) -> tuple[np.ndarray, Grid]:
     """A NIfTI file as an (X, Y, Z) array in RAS+ order, and its grid."""
-    nib = nibabel()
-    try:
-        image = nib.load(str(path))
-        ornt = nib.orientations.io_orientation(image.affine)
-        canonical = nib.as_closest_canonical(image)
-        data = np.asarray(canonical.dataobj)
-    except Exception as e:  # noqa: BLE001 - nibabel, gzip and zlib each raise their own; a damaged file has one fix
-        raise UsageError(f"{path}: not a readable volume ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                         "replace or remove the file") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise UsageError(f"{path}: a {data.ndim}D array {tuple(data.shape)}; a 3D volume per file was expected")
+    data, canonical, ornt = read_nifti(path)
     return data, Grid(tuple(int(s) for s in data.shape), np.asarray(canonical.affine, dtype=np.float64), ornt)
 
 

@@ -35,25 +35,43 @@ def nibabel():
 
 def read_array(path: Path) -> np.ndarray:
     """A volume file as a float32 (X, Y, Z) array in RAS+ order."""
+    if path.name.lower().endswith(".npy"):
+        try:
+            data = three_d(path, np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{path}: not a readable volume ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                             "replace or remove the file") from None
+    else:
+        data = read_nifti(path)[0]
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():  # integers always are
+        raise UsageError(f"{path}: {int((~np.isfinite(data)).sum())} voxels are NaN or infinite; fix or remove the file")
+    return data.astype(np.float32, copy=False)
+
+
+def read_nifti(path: Path) -> tuple:
+    """A NIfTI file reoriented to the closest canonical orientation (RAS+): its (X, Y, Z) array as
+    stored, the canonical image (its affine) and the file's own orientation (nibabel's io_orientation)."""
     try:
-        if path.name.lower().endswith(".npy"):
-            data = np.load(path, allow_pickle=False)
-        else:
-            image = nibabel().as_closest_canonical(nibabel().load(str(path)))
-            data = np.asarray(image.dataobj)
+        image = nibabel().load(str(path))
+        ornt = nibabel().orientations.io_orientation(image.affine)
+        canonical = nibabel().as_closest_canonical(image)
+        data = np.asarray(canonical.dataobj)
     except UsageError:
         raise
     except Exception as e:  # noqa: BLE001 - nibabel, gzip and zlib each raise their own; a damaged file has one fix
         raise UsageError(f"{path}: not a readable volume ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                          "replace or remove the file") from None
+    return three_d(path, data), canonical, ornt
+
+
+def three_d(path: Path, data: np.ndarray) -> np.ndarray:
+    """data as (X, Y, Z): a trailing axis of one dropped; anything else that is not 3D refused."""
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise UsageError(f"{path}: a {data.ndim}D array {tuple(data.shape)}, a 3D volume was expected; "
                          "keep one volume per file")
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():  # integers always are
-        raise UsageError(f"{path}: {int((~np.isfinite(data)).sum())} voxels are NaN or infinite; fix or remove the file")
-    return data.astype(np.float32, copy=False)
+    return data
 
 
 def normalised(data: np.ndarray, rule: str) -> np.ndarray:
