@@ -88,14 +88,32 @@ def paired_test(diffs: np.ndarray) -> tuple[str, float]:
     return "paired t-test", float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
-def read_predictions(group: dict) -> Optional[dict]:
-    """(seed, index) -> correct (0/1) from the group's predictions file, or None without one."""
+def read_predictions(group: dict, column: str = "correct") -> Optional[dict]:
+    """(seed, index) -> the column (correct: 0/1; score: a task's per-sample score, such as a case's
+    Dice) from the group's predictions file, or None without one or without that column."""
     for name in PREDICTION_FILES:
         path = groups_dir() / group["id"] / name
         if path.exists():
             with open(path, newline="") as f:
-                return {(int(r["seed"]), int(r["index"])): int(r["correct"]) for r in csv.DictReader(f)}
+                rows = list(csv.DictReader(f))
+            if not rows or column not in rows[0]:
+                return None
+            return {(int(r["seed"]), int(r["index"])): float(r[column]) for r in rows}
     return None
+
+
+def pooled_scores(a: dict, b: dict) -> Optional[dict]:
+    """The held-out samples' scores (e.g. each case's Dice) paired by seed and sample: the mean difference
+    B - A, its paired bootstrap interval and Wilcoxon's signed-rank test. None without scores."""
+    from scipy import stats
+
+    pa, pb = read_predictions(a, "score"), read_predictions(b, "score")
+    if pa is None or pb is None or pa.keys() != pb.keys():
+        return None
+    diffs = np.array([pb[k] - pa[k] for k in sorted(pa)])
+    p = 1.0 if not np.any(diffs) else float(stats.wilcoxon(diffs).pvalue)
+    return {"pairs": len(diffs), "mean_difference": float(diffs.mean()), "bootstrap_ci95": list(paired_bootstrap(diffs, BOOTSTRAP)),
+            "wilcoxon_p": p}
 
 
 def pooled_mcnemar(a: dict, b: dict) -> Optional[dict]:
@@ -105,7 +123,7 @@ def pooled_mcnemar(a: dict, b: dict) -> Optional[dict]:
     if pa is None or pb is None or pa.keys() != pb.keys():
         return None
     keys = sorted(pa)
-    test = mcnemar(np.array([pa[k] for k in keys], dtype=bool), np.array([pb[k] for k in keys], dtype=bool))
+    test = mcnemar(np.array([pa[k] for k in keys]).astype(bool), np.array([pb[k] for k in keys]).astype(bool))
     return {"pairs": len(keys), **test}
 
 
@@ -141,7 +159,8 @@ def compare_groups(a: dict, b: dict) -> int:
               "pairs": [{"seed": k[0], "fold": k[1], "A": float(x), "B": float(y), "B_minus_A": float(y - x)}
                         for k, x, y in zip(keys, va, vb)],
               "mean_difference": float(diffs.mean()), "bootstrap_ci95": interval, "bootstrap_resamples": BOOTSTRAP,
-              "test": test, "p": p, "mcnemar": pooled_mcnemar(a, b), "config_diff": spec_diff(a, b)}
+              "test": test, "p": p, "mcnemar": pooled_mcnemar(a, b), "per_sample": pooled_scores(a, b),
+              "config_diff": spec_diff(a, b)}
     report["verdict"] = verdict(a["monitor"], a["mode"], report["mean_difference"], interval, test, p)
     stem = groups_dir() / b["id"] / f"compare_{a['id']}_vs_{b['id']}"
     text = markdown(report)
@@ -179,6 +198,11 @@ def markdown(r: dict) -> str:
     lines.append(f"- McNemar's exact test on {m['pairs']:,} pooled held-out predictions: only A right {m['only_a_right']}, "
                  f"only B right {m['only_b_right']}, {p_text(m['p_value'])}" if m else
                  "- McNemar's test: not available (a task without class predictions)")
+    q = r.get("per_sample")
+    if q:
+        lo, hi = q["bootstrap_ci95"]
+        lines.append(f"- paired by held-out sample ({q['pairs']:,} pairs, e.g. cases' Dice): mean B - A {q['mean_difference']:+.4f}, "
+                     f"bootstrap 95% interval [{lo:+.4f}, {hi:+.4f}], Wilcoxon signed-rank {p_text(q['wilcoxon_p'])}")
     return "\n".join(lines + ["", r["verdict"], ""])
 
 

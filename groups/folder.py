@@ -5,8 +5,9 @@ and the fold). The group itself is a folder, experiments/groups/<group id>/:
     group.json   the members (seed, fold, run id, status), the fold assignment's sha256, the status,
                  and the aggregate of every metric (mean, standard deviation, 95% interval)
     folds.csv    with folds: every pooled sample's fold (index, id, fold)
-    oof_predictions.csv / val_predictions.csv   tasks that predict classes: each member's prediction of every sample
-                 it held out (out-of-fold with folds; the shared validation split with seeds alone)
+    oof_predictions.csv / val_predictions.csv   each member's prediction of every sample it held out (out-of-fold
+                 with folds; the shared validation split with seeds alone): its class and whether it was correct,
+                 or a score per sample (a case's Dice), which a group A/B pairs
     curves.png   each member's curves and their mean
     lock         held by the train.py that trains the group
 

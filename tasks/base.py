@@ -113,8 +113,9 @@ class Task:
         return "  ".join(f"{k} {row[k]:.4f}" for k in self.modes if k in row)
 
     def member_predictions(self, cfg: Config, runs: list[dict]) -> str:
-        """A finished group's table (CSV) of each member's prediction of every sample it held out, for
-        the group's folder and McNemar's test in a group A/B; '' when the task predicts no classes."""
+        """A finished group's table (CSV: seed, index, ...) of each member's prediction of every sample it
+        held out, for the group's folder and a group A/B: a `correct` column (McNemar's test) or a `score`
+        column (paired by sample); '' when the task has neither."""
         return ""
 
     # ------------------------------------------------------------ inference (inference.py calls these)

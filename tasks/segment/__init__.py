@@ -98,6 +98,12 @@ class Segment(Task):
 
         return validate(cfg, model, loader, device, loader.dataset.class_names)
 
+    def member_predictions(self, cfg: SegmentConfig, runs: list[dict]) -> str:
+        """Each member's mean foreground Dice on every case it held out, for a group A/B paired by case (infer.py)."""
+        from tasks.segment.infer import held_out_scores
+
+        return held_out_scores(self, cfg, runs)
+
     def summary(self, row: dict) -> str:
         return "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_dice"))
 

@@ -189,3 +189,19 @@ def predict_files(task, cfg, runs: list[dict], input_path: str, out_dir: "Path |
     print(f"{what}wrote {len(cases)} label map(s) to {out}, each in its input's geometry")
     return 0
 
+
+def held_out_scores(task, cfg, runs: list[dict]) -> str:
+    """CSV of each member's mean foreground Dice on every case it held out (final weights, sliding
+    window without mirroring): index, id, fold, seed, score. A group A/B pairs these by case."""
+    device = inference_device(cfg)
+    rows = ["index,id,fold,seed,score"]
+    for run in runs:
+        loaded = load_run(run, device, task)
+        data = checked_data(loaded)
+        g = run["group"]
+        for position, (image, label, case) in zip(data.val.positions, data.val.cases()):
+            pred = probabilities([loaded], image, device, loaded.cfg.overlap, False).argmax(0)
+            dice = [d for d in dice_per_class(pred, label, len(loaded.info.class_names)) if not math.isnan(d)]
+            rows.append(f"{position},{case},{'' if g['fold'] is None else g['fold']},{g['seed']},"
+                        f"{float(np.mean(dice)) if dice else 0.0:.6f}")
+    return "\n".join(rows) + "\n"

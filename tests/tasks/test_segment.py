@@ -252,7 +252,7 @@ def test_export_and_predict_onnx_write_the_same_label_map(trained, tmp_path):
 @pytest.mark.groups
 def test_folds_train_a_group_whose_members_are_ensembled(project, tmp_path):
     """folds=2 on cases: each member holds out whole cases; resume=<group> --input writes the members'
-    mean label map in the input's geometry."""
+    mean label map in the input's geometry; two such groups compared pair the cases' Dice."""
     data = make_case_folder(tmp_path / "data", cases=4)
     r = project.run("train.py", "task=segment", "dataset=volume_folder", f"data_dir={data}", "folds=2", "epochs=1",
                     "patches_per_epoch=8")
@@ -267,3 +267,16 @@ def test_folds_train_a_group_whose_members_are_ensembled(project, tmp_path):
     assert "ensemble of 2 members" in r.stdout
     out = nib.load(str(project.experiments / "groups" / group / "inference" / "labels" / "case00.nii.gz"))
     assert out.shape == nib.load(str(data / "imagesTr" / "case00_0000.nii.gz")).shape
+    scores = (project.experiments / "groups" / group / "oof_predictions.csv").read_text().splitlines()
+    assert scores[0] == "index,id,fold,seed,score" and len(scores) == 5  # every case once, out of fold
+    r = project.run("train.py", "task=segment", "dataset=volume_folder", f"data_dir={data}", "folds=2", "epochs=1",
+                    "patches_per_epoch=8", "lr=1e-3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    other = [p.name for p in (project.experiments / "groups").iterdir() if p.is_dir() and p.name != group][0]
+    r = project.run("inference.py", "--compare", group, other)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((project.experiments / "groups" / other / f"compare_{group}_vs_{other}.json").read_text())
+    per_case = report["per_sample"]
+    assert per_case["pairs"] == 4 and 0 <= per_case["wilcoxon_p"] <= 1
+    assert per_case["bootstrap_ci95"][0] <= per_case["mean_difference"] <= per_case["bootstrap_ci95"][1]
+    assert "paired by held-out sample (4 pairs" in r.stdout
