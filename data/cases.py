@@ -42,7 +42,7 @@ class DatasetSpec:
 class CaseFiles:
     id: str
     images: list[Path]         # one per channel
-    label: Optional[Path]
+    label: Path
 
 
 @dataclass
@@ -86,11 +86,11 @@ def read_spec(root: Path) -> DatasetSpec:
     return DatasetSpec(channels, labels, ending)
 
 
-def list_cases(root: Path, spec: DatasetSpec, labelled: bool = True, images: str = "imagesTr") -> list[CaseFiles]:
-    """The cases of imagesTr (or another images folder), each with all its channel files and its label."""
-    folder = root / images
+def list_cases(root: Path, spec: DatasetSpec) -> list[CaseFiles]:
+    """The cases of imagesTr, each with all its channel files and its label."""
+    folder = root / "imagesTr"
     if not folder.is_dir():
-        raise UsageError(f"data_dir: {folder} does not exist; nnU-Net's raw layout has {images}/<case>_0000{spec.ending}")
+        raise UsageError(f"data_dir: {folder} does not exist; nnU-Net's raw layout has imagesTr/<case>_0000{spec.ending}")
     ids = sorted({p.name[:-len(spec.ending) - 5] for p in folder.iterdir()
                   if p.name.endswith(spec.ending) and p.name[-len(spec.ending) - 5] == "_"})
     if not ids:
@@ -102,9 +102,9 @@ def list_cases(root: Path, spec: DatasetSpec, labelled: bool = True, images: str
             if not f.exists():
                 raise UsageError(f"{f}: missing; dataset.json lists {len(spec.channels)} channel(s), so case {case} needs it")
         label = root / "labelsTr" / f"{case}{spec.ending}"
-        if labelled and not label.exists():
-            raise UsageError(f"{label}: missing; every case of {images} needs its label in labelsTr (or remove the case)")
-        cases.append(CaseFiles(case, files, label if labelled else None))
+        if not label.exists():
+            raise UsageError(f"{label}: missing; every case of imagesTr needs its label in labelsTr (or remove the case)")
+        cases.append(CaseFiles(case, files, label))
     return cases
 
 
