@@ -10,8 +10,12 @@
     python inference.py --list [KEY=VALUE ...]           a table of the runs (see train.py --help)
     python inference.py --report                         write experiments/index.html, a page of all runs
     python inference.py --sweep <sweep id>               the report of a sweep: best trial, every trial, importances, plots
+    python inference.py --serve [resume=ID|alias:NAME]   serve the run over HTTP (Open Inference Protocol; serve/)
+    python inference.py --promote RUN --alias NAME       move an alias to RUN if RUN wins (or ties) its A/B
+    python inference.py --export triton                  a Triton model repository of the run's ONNX export
 
-Where each command lives: --list store/listing.py, --report store/page.py, --sweep sweeps/, a group
+Where each command lives: --list store/listing.py, --report store/page.py, --sweep sweeps/, --serve,
+--promote, --shadow-report and --export triton serve/, a group
 (resume=<group id>, --compare GROUP_A GROUP_B) groups/, a run's evaluation, prediction, A/B and
 export its task (tasks/<name>/). torch is imported inside the functions that use it, so that --list
 and --help answer at once.
@@ -105,9 +109,10 @@ def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     if args.export:  # so does --export
         args.overrides += [w for w in args.export if "=" in w]
         args.export = [w for w in args.export if "=" not in w]
-        wrong = [w for w in args.export if w not in ("onnx", "pt2")] or ([] if args.export else ["no format"])
+        formats = ("onnx", "pt2", *(f for feature in features() for f in feature.export_formats))
+        wrong = [w for w in args.export if w not in formats] or ([] if args.export else ["no format"])
         if wrong or args.compare or args.input:
-            raise UsageError(f"--export takes onnx and/or pt2, and no --compare or --input (got {' '.join(wrong) or 'those'}); "
+            raise UsageError(f"--export takes {', '.join(formats)}, and no --compare or --input (got {' '.join(wrong) or 'those'}); "
                              "e.g. --export onnx resume=<id>")
     return args
 

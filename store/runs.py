@@ -43,14 +43,15 @@ def utc_now() -> str:
 
 
 def normalize_run_id(text: str, key: str = "resume") -> str:
-    """A run id, 'latest' or 'name:<name>', from what a user typed; anything else (a path, '..') is exit 2."""
+    """A run id, 'latest', 'name:<name>' or 'alias:<alias>', from what a user typed; anything else (a path, '..') is exit 2."""
     text = str(text).strip()
-    if text == "latest" or RUN_ID_RE.match(text) or (text.startswith("name:") and LABEL_RE.match(text[5:])):
+    prefix, colon, label = text.partition(":")
+    if text == "latest" or RUN_ID_RE.match(text) or (prefix in ("name", "alias") and colon and LABEL_RE.match(label)):
         return text
     m = COLON_ID_RE.match(text)
     if m:
         return f"{m[1]}_{m[2]}-{m[3]}-{m[4]}{m[5] or ''}"
-    raise UsageError(f"{key}: '{text}' is not a run id (YYYY-MM-DD_HH-MM-SS, latest or name:<name>){recent_ids_hint()}")
+    raise UsageError(f"{key}: '{text}' is not a run id (YYYY-MM-DD_HH-MM-SS, latest, name:<name> or alias:<alias>){recent_ids_hint()}")
 
 
 def recent_ids_hint(n: int = 5) -> str:
@@ -151,6 +152,13 @@ def find_run(spec: str, key: str, want: Callable[[dict], bool], what: str,
         run = chosen[-1]
     elif spec.startswith("name:"):
         run = newest_named(runs, spec[5:], want, key)
+    elif spec.startswith("alias:"):  # the run an alias points at (store/aliases.py; moved by inference.py --promote)
+        from store.aliases import alias_run
+        run_id = alias_run(spec[6:], key)
+        run = next((r for r in runs if r["id"] == run_id), None)
+        if run is None:
+            raise UsageError(f"{key}: alias '{spec[6:]}' points at run {run_id}, which is not in experiments/ (deleted?); "
+                             "promote another run to it with python inference.py --promote RUN --alias " + spec[6:] + " --force --note WHY")
     else:
         run = next((r for r in runs if r["id"] == spec), None)
         if run is None:

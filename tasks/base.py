@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from data.augment import Augment
     from data.loading import Data, DataInfo
+    from infer.served import ServedModel
     from train.checkpoint import TrainingParts
 
 
@@ -141,6 +142,10 @@ class Task:
             raise UsageError(f"--compare: runs of task {self.name} are compared on their validation split, served by torch; "
                              "drop --input and @onnx")
         return compare_validation(self, cfg, run_a, run_b)
+
+    def serving(self, cfg: Config, run: dict, device: torch.device) -> ServedModel:
+        """inference.py --serve: the run rebuilt for a server (infer/served.py), its weights checked."""
+        raise UsageError(f"--serve: run {run['id']} is {a_an(self.name)} run, and task {self.name} cannot be served")
 
     def export(self, cfg: Config, run: dict, formats: list[str]) -> int:
         """inference.py --export: the model for services, parity checked."""

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = ("config", "model", "data", "store", "train", "infer", "tasks", "utils", "train.py", "inference.py")
-FEATURE_DIRS = ("groups", "sweeps")  # copied where present: a template may have had a feature removed
+FEATURE_DIRS = ("serve", "groups", "sweeps")  # copied where present: a template may have had a feature removed
 
 
 class Project:

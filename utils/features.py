@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
-FEATURES = ("groups", "sweeps")  # packages whose __init__.py defines FEATURE
+FEATURES = ("serve", "groups", "sweeps")  # packages whose __init__.py defines FEATURE
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Feature:
     resume_refusal: Optional[Callable] = None  # (id) -> why train.py resume=<id> names one of its own, or None
     list_rows: Optional[Callable] = None      # (runs, filters) -> the rows of --list, its members folded into one row each
     page_rows: Optional[Callable] = None      # (runs) -> its rows of index.html; runs naming one (run.json[kind]["id"]) fold under it
+    export_formats: tuple = ()                # formats inference.py --export accepts besides onnx and pt2 (its infer hook writes them)
 
 
 def features() -> list[Feature]:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from data.augment import Augment
     from data.loading import Data, DataInfo
+    from infer.served import ServedModel
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what torchvision's pretrained weights expect
 
@@ -125,6 +126,12 @@ class Classify(Task):
         from tasks.classify.compare import compare_main
 
         return compare_main(self, cfg, run_a, run_b, backends, input_path)
+
+    def serving(self, cfg: ClassifyConfig, run: dict, device: torch.device) -> ServedModel:
+        """Samples in, logits, probabilities and classes out; the file route as --input (serving.py)."""
+        from tasks.classify.serving import served_classifier
+
+        return served_classifier(self, cfg, run, device)
 
     def export(self, cfg: ClassifyConfig, run: dict, formats: list[str]) -> int:
         """ONNX and torch.export, parity checked (export.py)."""

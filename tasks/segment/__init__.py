@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from data.augment import Augment
     from data.loading import Data, DataInfo
+    from infer.served import ServedModel
 
 PATCH_CAP = 64  # patch_size auto: at most this many voxels a side (2 CPU cores; nnU-Net sizes it to a GPU's memory)
 
@@ -128,6 +129,12 @@ class Segment(Task):
         from tasks.segment.compare import compare_main
 
         return compare_main(self, cfg, run_a, run_b, backends, input_path)
+
+    def serving(self, cfg: SegmentConfig, run: dict, device: torch.device) -> ServedModel:
+        """A case in, its label map out by sliding window; the file route as --input (serving.py)."""
+        from tasks.segment.serving import served_segmenter
+
+        return served_segmenter(self, cfg, run, device)
 
     def export(self, cfg: SegmentConfig, run: dict, formats: list[str]) -> int:
         """The network as ONNX, parity checked; serve/predict_onnx.py runs the sliding window (export.py)."""
