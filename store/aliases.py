@@ -16,7 +16,7 @@ from typing import Optional
 
 from filelock import FileLock
 
-from utils.config import LABEL_RE, ROOT
+from utils.config import LABEL_RE
 from utils.errors import UsageError
 from utils.files import fsync_dir, write_json
 
@@ -26,7 +26,9 @@ ALIAS_LOCK = ".aliases.lock"
 
 
 def experiments_dir() -> Path:
-    return ROOT / "experiments"
+    from store import runs  # store/runs.py resolves alias:NAME through this module
+
+    return runs.EXPERIMENTS
 
 
 def check_alias(name: str, key: str = "--alias") -> str:

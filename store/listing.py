@@ -9,6 +9,7 @@ import sys
 from typing import Any, Optional
 
 from store import runs as runstore
+from store.aliases import read_aliases
 from store.runs import find_state, list_runs, shown_run
 from utils.config import LABEL_KEYS, Config, convert, defaults_of, every_key, fields_of, parse_override, suggest
 from utils.errors import UsageError, count
@@ -34,7 +35,16 @@ def list_command(words: list[str], sort: Optional[str], as_json: bool, configs: 
     runs = [r for r in runs if matches(r, filters)]
     if sort is not None:
         runs = sort_runs(runs, sort, keys)
-    print(json.dumps([summary(r) for r in runs], indent=1) if as_json else format_table(runs))
+    aliases = read_aliases()
+    if as_json:
+        pointed = {}
+        for name, a in aliases.items():
+            pointed.setdefault(a["run"], []).append(name)
+        print(json.dumps([{**summary(r), "aliases": pointed.get(r["id"], [])} for r in runs], indent=1))
+        return 0
+    print(format_table(runs))
+    for name, a in aliases.items():  # inference.py --promote moves them; resume=alias:NAME uses them
+        print(f"alias {name} -> {a['run']} (since {a['since']}, {a['moves']} move{'s' * (a['moves'] != 1)})")
     return 0
 
 
