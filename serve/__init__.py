@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from utils.features import Feature
 
-SERVE_INSTALL = "pip install -r requirements-serve.txt"
-
 
 def options(parser) -> None:
     group = parser.add_argument_group("serving (serve/)")

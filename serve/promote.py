@@ -29,8 +29,8 @@ def promote_main(args, shared) -> int:
     candidate = select_run(args.promote, "--promote")
     task = task_of(candidate)
     cfg = load_config(args.config, args.overrides, configs, task.name)
-    with alias_lock():
-        current = (read_aliases().get(name) or {}).get("run")
+    with alias_lock(EXPERIMENTS):
+        current = (read_aliases(EXPERIMENTS).get(name) or {}).get("run")
         if current == candidate["id"]:
             print(f"alias {name} already points at run {candidate['id']}; nothing to do")
             return 0
@@ -40,7 +40,7 @@ def promote_main(args, shared) -> int:
             record = {"gate": "forced", "note": args.note, "report": None, "verdict": None}
         else:
             record = gate(cfg, select_run(current, f"alias:{name}"), candidate, args.margin, name)
-        entry = move_alias(name, candidate["id"], record)
+        entry = move_alias(name, candidate["id"], record, EXPERIMENTS)
     print(f"alias {name}: {entry['from'] or '(new)'} -> {candidate['id']} ({record['gate']}); recorded in "
           "experiments/aliases.history.jsonl")
     return 0

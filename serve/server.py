@@ -23,12 +23,13 @@ from typing import Optional
 from infer.onnx_backend import inference_device
 from infer.runs import select_run
 from infer.served import ServedModel
-from serve import SERVE_INSTALL
 from serve.batching import Batcher
 from serve.slot import Slot, watch
 from tasks import configs, task_of
 from utils.config import load_config
 from utils.errors import Interrupted, UsageError
+
+SERVE_INSTALL = "pip install -r requirements-serve.txt"
 
 
 def require_serving() -> None:

@@ -15,6 +15,7 @@ from typing import Optional
 
 from infer.served import ServedModel
 from store.aliases import read_aliases, utc
+from store.runs import EXPERIMENTS
 
 POLL_S = 1.0
 
@@ -28,7 +29,7 @@ class Slot:
 
     def follow(self) -> Optional[str]:
         """One look at the alias (in the loader thread): swap when it moved. Returns what happened, for the log."""
-        target = (read_aliases().get(self.alias) or {}).get("run")
+        target = (read_aliases(EXPERIMENTS).get(self.alias) or {}).get("run")
         if target is None or target == self.current.run_id or (self.refused or {}).get("run") == target:
             return None
         try:

@@ -12,7 +12,6 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Optional
 
 from filelock import FileLock
 
@@ -25,12 +24,6 @@ HISTORY_FILE = "aliases.history.jsonl"
 ALIAS_LOCK = ".aliases.lock"
 
 
-def experiments_dir() -> Path:
-    from store import runs  # store/runs.py resolves alias:NAME through this module
-
-    return runs.EXPERIMENTS
-
-
 def check_alias(name: str, key: str = "--alias") -> str:
     """An alias name is a label: letters, digits and ._+- (it is written in files and URLs)."""
     if not LABEL_RE.match(str(name)):
@@ -38,10 +31,10 @@ def check_alias(name: str, key: str = "--alias") -> str:
     return str(name)
 
 
-def read_aliases(experiments: Optional[Path] = None) -> dict:
+def read_aliases(experiments: Path) -> dict:
     """{alias: {"run": id, "since": utc, "moves": n}}; {} before the first promotion. A damaged file is
     exit 2 (nothing guesses which run a service should use)."""
-    path = (experiments or experiments_dir()) / ALIASES_FILE
+    path = experiments / ALIASES_FILE
     try:
         aliases = json.loads(path.read_text())
     except FileNotFoundError:
@@ -53,19 +46,18 @@ def read_aliases(experiments: Optional[Path] = None) -> dict:
     return aliases
 
 
-def alias_run(name: str, key: str = "resume") -> str:
+def alias_run(name: str, key: str, experiments: Path) -> str:
     """The run id alias `name` points at; an unknown alias is exit 2, naming the known ones."""
-    aliases = read_aliases()
+    aliases = read_aliases(experiments)
     if check_alias(name, key) not in aliases:
         known = ", ".join(sorted(aliases)) or "none yet (python inference.py --promote RUN --alias NAME)"
         raise UsageError(f"{key}: no alias '{name}'; aliases: {known}")
     return aliases[name]["run"]
 
 
-def move_alias(name: str, run_id: str, record: dict, experiments: Optional[Path] = None) -> dict:
+def move_alias(name: str, run_id: str, record: dict, experiments: Path) -> dict:
     """Point `name` at `run_id`: append the history line (`record` plus when, from, to, user, host),
     then replace aliases.json. The caller holds alias_lock() across its check and this move."""
-    experiments = experiments or experiments_dir()
     aliases = read_aliases(experiments)
     old = aliases.get(name, {})
     entry = {"when": utc(), "alias": name, "from": old.get("run"), "to": run_id, **record,
@@ -80,14 +72,13 @@ def move_alias(name: str, run_id: str, record: dict, experiments: Optional[Path]
     return entry
 
 
-def alias_lock(experiments: Optional[Path] = None) -> FileLock:
-    experiments = experiments or experiments_dir()
+def alias_lock(experiments: Path) -> FileLock:
     experiments.mkdir(parents=True, exist_ok=True)
     return FileLock(experiments / ALIAS_LOCK)
 
 
-def read_history(experiments: Optional[Path] = None) -> list[dict]:
-    path = (experiments or experiments_dir()) / HISTORY_FILE
+def read_history(experiments: Path) -> list[dict]:
+    path = experiments / HISTORY_FILE
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

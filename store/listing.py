@@ -35,7 +35,7 @@ def list_command(words: list[str], sort: Optional[str], as_json: bool, configs: 
     runs = [r for r in runs if matches(r, filters)]
     if sort is not None:
         runs = sort_runs(runs, sort, keys)
-    aliases = read_aliases()
+    aliases = read_aliases(runstore.EXPERIMENTS)
     if as_json:
         pointed = {}
         for name, a in aliases.items():

@@ -154,7 +154,7 @@ def find_run(spec: str, key: str, want: Callable[[dict], bool], what: str,
         run = newest_named(runs, spec[5:], want, key)
     elif spec.startswith("alias:"):  # the run an alias points at (store/aliases.py; moved by inference.py --promote)
         from store.aliases import alias_run
-        run_id = alias_run(spec[6:], key)
+        run_id = alias_run(spec[6:], key, EXPERIMENTS)
         run = next((r for r in runs if r["id"] == run_id), None)
         if run is None:
             raise UsageError(f"{key}: alias '{spec[6:]}' points at run {run_id}, which is not in experiments/ (deleted?); "

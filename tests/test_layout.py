@@ -1,7 +1,7 @@
 """The code's layering: which module may import which, no import cycles, short functions, and
 lower layers that name no task.
 
-Layers, top to bottom: the mains (train.py, inference.py); the features groups/ and sweeps/; tasks/;
+Layers, top to bottom: the mains (train.py, inference.py); the features serve/, groups/ and sweeps/; tasks/;
 infer/; train/; data/ and store/; utils/; model/. A module imports only from its own layer or below;
 model/ imports only torch and torchvision. Imports inside functions count too. The core reaches a
 feature only through utils/features.py's table, never by an import.
@@ -16,10 +16,10 @@ from tasks import task_dict
 from utils.config import SHARED_KEYS, own_keys
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("model", "utils", "data", "store", "train", "infer", "tasks", "groups", "sweeps")
+PACKAGES = ("model", "utils", "data", "store", "train", "infer", "tasks", "serve", "groups", "sweeps")
 MAINS = ("train.py", "inference.py")
-LAYER = {"model": 0, "utils": 1, "data": 2, "store": 2, "train": 3, "infer": 4, "tasks": 5, "groups": 6, "sweeps": 6, "main": 7}
-FEATURE_PACKAGES = ("groups", "sweeps")  # utils/features.py FEATURES, where installed (tests/test_features.py removes them)
+LAYER = {"model": 0, "utils": 1, "data": 2, "store": 2, "train": 3, "infer": 4, "tasks": 5, "serve": 6, "groups": 6, "sweeps": 6, "main": 7}
+FEATURE_PACKAGES = ("serve", "groups", "sweeps")  # utils/features.py FEATURES, where installed (tests/test_features.py removes them)
 
 
 def module_files(root: Path = ROOT) -> dict[str, Path]:
