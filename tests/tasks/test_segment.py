@@ -280,3 +280,39 @@ def test_folds_train_a_group_whose_members_are_ensembled(project, tmp_path):
     assert per_case["pairs"] == 4 and 0 <= per_case["wilcoxon_p"] <= 1
     assert per_case["bootstrap_ci95"][0] <= per_case["mean_difference"] <= per_case["bootstrap_ci95"][1]
     assert "paired by held-out sample (4 pairs" in r.stdout
+
+
+@pytest.mark.slow
+def test_a_served_segmentation_run_answers_as_inference_input(trained, tmp_path):
+    """inference.py --serve: the file route returns inference.py --input's label map (same bytes of
+    data, shape and affine); /infer takes a preprocessed case of any size and returns its labels."""
+    pytest.importorskip("uvicorn")
+    from tests.serve.server import Server, request
+
+    project, _, run_id = trained
+    rng = np.random.default_rng(11)
+    affine, shape = grid_affine((1.2, 1.5, 3.0), (True, False, False), (2, 0, 1))
+    image, _ = sample_case(rng, affine, shape)
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    save(image, affine, folder / "odd_0000.nii.gz")
+    r = project.run("inference.py", f"resume={run_id}", "inference_device=cpu", "--input", str(folder))
+    assert r.returncode == 0, r.stderr
+    expected = nib.load(str(project.experiments / run_id / "inference" / "labels" / "odd.nii.gz"))
+    server = Server(project, f"resume={run_id}")
+    try:
+        status, headers, body = request(server.url("/v2/models/model/predict?filename=odd.nii.gz"),
+                                        (folder / "odd_0000.nii.gz").read_bytes(), method="POST")
+        assert status == 200 and headers["x-run-id"] == run_id, body[:300]
+        (tmp_path / "served.nii.gz").write_bytes(body)
+        served = nib.load(str(tmp_path / "served.nii.gz"))
+        assert served.shape == expected.shape and np.array_equal(served.affine, expected.affine)
+        assert np.array_equal(np.asarray(served.dataobj), np.asarray(expected.dataobj))
+        x = rng.normal(size=(1, 1, 20, 28, 12)).astype(np.float32)
+        body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]})
+        status, _, answer = request(server.url("/v2/models/model/infer"), body.encode())
+        out = json.loads(answer)["outputs"][0]
+        assert status == 200 and out["name"] == "labels" and out["shape"] == [1, 20, 28, 12] and set(out["data"]) <= {0, 1, 2}
+    finally:
+        code, err = server.stop()
+    assert code == 143, err
