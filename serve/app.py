@@ -195,10 +195,14 @@ def build_app(service: Service, lifespan=None) -> Starlette:
 
     async def infer(request: Request) -> Response:
         check_model(service, request)
-        header, blob = split_body(await read_body(request, service.max_body), request.headers.get(BINARY_HEADER))
-        rid, model = request_id(header, request), service.slot.current
-        x = input_array(header, blob, model.inputs[0])
-        outputs = requested_outputs(header, model)
+        service.batcher.arriving += 1  # a batch being collected waits for this one
+        try:
+            header, blob = split_body(await read_body(request, service.max_body), request.headers.get(BINARY_HEADER))
+            rid, model = request_id(header, request), service.slot.current
+            x = input_array(header, blob, model.inputs[0])
+            outputs = requested_outputs(header, model)
+        finally:
+            service.batcher.arriving -= 1
         t0 = time.perf_counter()
         answer = await service.batcher.submit(np.ascontiguousarray(x))
         if service.shadow is not None:

@@ -1,6 +1,10 @@
 """Dynamic batching: the requests that arrive within max_delay_ms of the first share one forward pass,
 up to max_batch samples (Triton's dynamic batcher, in one asyncio task).
 
+A batch waits for more only while requests are arriving: being read or checked by app.py, which
+counts them in `arriving`. When none is, the batch runs at once, so a lone client never pays
+max_delay_ms; under load the requests that came in while the last batch ran fill the next one.
+
 Each batch is computed by the run in the slot when the batch closes, in the server's one model thread
 (torch and onnxruntime use the cores within it), and every request learns which run answered it. A
 request whose samples alone exceed max_batch runs alone. max_batch=1 turns batching off.
@@ -35,6 +39,7 @@ class Batcher:
         self.pool = pool
         self.queue: asyncio.Queue = asyncio.Queue()
         self.carried = None  # the request that did not fit the last batch: it opens the next one
+        self.arriving = 0    # requests app.py is reading or checking, which will be submitted soon
 
     async def submit(self, x: np.ndarray) -> Answer:
         """Queue one request's samples (B, ...) and wait for its share of a batch."""
@@ -59,7 +64,7 @@ class Batcher:
                 item = self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or not self.arriving:
                     break
                 try:
                     item = await asyncio.wait_for(self.queue.get(), left)

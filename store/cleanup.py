@@ -11,6 +11,7 @@ from typing import Optional
 from filelock import FileLock
 
 from store import runs as runstore
+from store.aliases import read_aliases
 from store.runs import (
     GROUPS,
     LABELS_FILE,
@@ -85,6 +86,9 @@ def delete_runs(specs: list[str], dry_run: bool = False) -> list[str]:
     ids = [r["id"] for r in chosen]
     needs = needed_by(runs)
     problems = [f"run {r['id']} is running; stop it first" for r in chosen if r.get("status") == "running"]
+    aliased = {a["run"]: name for name, a in read_aliases(runstore.EXPERIMENTS).items()}
+    problems += [f"alias {aliased[i]} points at run {i} (a service may use it); promote another run to it first"
+                 for i in ids if i in aliased]
     for r in chosen:
         users = [u for u in needs.get(r["id"], []) if u not in ids]
         if users:

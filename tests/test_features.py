@@ -39,12 +39,13 @@ def commands_work(project: Project, features: tuple[str, ...]) -> None:
         assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-2000:]
     assert run_id in (project.experiments / "index.html").read_text()
     assert ("--sweep" in project.run("train.py", "--help").stdout) == ("sweeps" not in features)
+    assert ("--serve" in project.run("inference.py", "--help").stdout) == ("serve" not in features)
     if "groups" in features:  # the keys stay in the config; asking for a group is refused, naming why
         r = project.run("train.py", "seeds=0,1", "epochs=1")
         assert r.returncode == 2 and "seeds" in r.stderr and "groups" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("feature", ["groups", "sweeps"])
+@pytest.mark.parametrize("feature", ["serve", "groups", "sweeps"])
 def test_the_template_runs_without_a_feature(tmp_path, feature):
     commands_work(without((feature,), tmp_path / "proj"), (feature,))
 

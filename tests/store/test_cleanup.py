@@ -137,3 +137,31 @@ def test_delete_restore_prune_leave_every_other_run_usable(project):
     assert sha(project, project.train(f"resume={k1}", "epochs=2")) == sha(project, u)  # continuation, bit-identical
     assert sha(project, project.train(f"resume={k2}", "epochs=4")) == sha(project, r_)
     assert "index.html" in {p.name for p in project.experiments.iterdir()}
+
+
+def test_aliases_resolve_everywhere_and_guard_their_runs(store, capsys):
+    """alias:NAME is a run spec like name:NAME; --list shows the aliases; --delete refuses an aliased run;
+    a move appends to the history before aliases.json is replaced."""
+    from store.aliases import alias_lock, move_alias, read_aliases, read_history
+
+    ids = make_runs(store, 3)
+    with pytest.raises(UsageError, match="no alias 'prod'; aliases: none yet"):
+        rs.find_run("alias:prod", "resume", lambda r: True, "")
+    with pytest.raises(UsageError, match="not a run id"):
+        rs.find_run("alias:../x", "resume", lambda r: True, "")
+    with alias_lock(store):
+        move_alias("prod", ids[0], {"gate": "first"}, store)
+        move_alias("prod", ids[1], {"gate": "forced", "note": "why"}, store)
+    assert rs.find_run("alias:prod", "resume", lambda r: True, "")["id"] == ids[1]
+    assert read_aliases(store)["prod"]["moves"] == 2
+    assert [(h["from"], h["to"], h["gate"]) for h in read_history(store)] == [(None, ids[0], "first"), (ids[0], ids[1], "forced")]
+    list_command([])
+    assert f"alias prod -> {ids[1]}" in capsys.readouterr().out
+    list_command([], as_json=True)
+    assert {r["id"]: r["aliases"] for r in json.loads(capsys.readouterr().out)}[ids[1]] == ["prod"]
+    with pytest.raises(UsageError, match=f"alias prod points at run {ids[1]}"):
+        cleanup.delete_runs([ids[1]])
+    assert (store / ids[1]).is_dir()
+    (store / "aliases.json").write_text("{broken")
+    with pytest.raises(UsageError, match="cannot be read"):
+        rs.find_run("alias:prod", "resume", lambda r: True, "")
