@@ -200,6 +200,11 @@ def test_promotion_moves_an_alias_only_on_a_won_ab(runs):
     assert [(h["from"], h["to"]) for h in history] == [(None, ids["weak"]), (ids["weak"], ids["good"]), (ids["good"], ids["weak"])]
     assert history[1]["report"].endswith(".json") and history[1]["ci95"][0] > -0.01 and history[1]["verdict"]
     assert history[2]["gate"] == "forced" and history[2]["note"] == "rollback drill" and all(h["user"] and h["host"] for h in history)
+    racers = [project.popen("inference.py", "--promote", ids[k], "--alias", "race", "--force", "--note", k) for k in ("weak", "good")]
+    assert [p.wait(120) for p in racers] == [0, 0]
+    race = [json.loads(line) for line in (project.experiments / "aliases.history.jsonl").read_text().splitlines()]
+    race = [h for h in race if h["alias"] == "race"]  # serialised: the second saw the first's move
+    assert race[0]["from"] is None and race[1]["from"] == race[0]["to"] and {h["to"] for h in race} == {ids["weak"], ids["good"]}
     listed = project.run("inference.py", "--list").stdout
     assert f"alias prod -> {ids['weak']}" in listed, listed
     r = project.run("inference.py", "resume=alias:prod", "inference_device=cpu")
