@@ -4,7 +4,6 @@ The quick tests call the functions; the slow ones (marked) train tiny runs once 
 import csv
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +128,6 @@ def exported(tmp_path_factory):
     """small_cnn and mlp on digits, resnet18 on a 16 px image folder (fp32: amp=none), each exported to both formats."""
     base = tmp_path_factory.mktemp("export")
     project = copy_project(base / "proj")
-    shutil.copytree(ROOT / "serve", project.root / "serve")
     folder = make_image_folder(base / "imgs", per_class=6, size=16)
     runs = {"small_cnn": project.train("epochs=3", "amp=none"),
             "mlp": project.train("epochs=3", "amp=none", "base_model=mlp"),
