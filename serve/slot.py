@@ -3,9 +3,9 @@ experiments/aliases.json every `every_s` seconds, and when the alias has moved i
 a thread of its own (its weights checked against the sha256 in its run.json) and swaps it in whole.
 
 Batches already computing finish on the old run; the next batch takes the new one. A run that cannot
-be loaded (tampered or missing weights, another task) is refused: the old run keeps serving, the
-reason goes to the log and to the model's metadata (`parameters.refused`), and that run is not tried
-again until the alias moves once more.
+be loaded (tampered or missing weights), or that clients could not use unchanged (another task, other
+tensors or classes), is refused: the old run keeps serving, the reason goes to the log and to the
+model's metadata (`parameters.refused`), and that run is not tried again until the alias moves once more.
 """
 import asyncio
 import sys
@@ -37,11 +37,24 @@ class Slot:
         except Exception as e:  # noqa: BLE001 - whatever is wrong with the new run, the old one keeps serving
             self.refused = {"run": target, "reason": str(e), "when": utc()}
             return f"refused run {target} (alias {self.alias} moved to it): {e}; still serving {self.current.run_id}"
-        if new.task != self.current.task:
-            self.refused = {"run": target, "reason": f"it is a {new.task} run, this server serves {self.current.task}", "when": utc()}
-            return f"refused run {target}: {self.refused['reason']}; still serving {self.current.run_id}"
+        why = incompatible(new, self.current)
+        if why:
+            self.refused = {"run": target, "reason": why, "when": utc()}
+            return f"refused run {target}: {why}; still serving {self.current.run_id}"
         old, self.current, self.refused = self.current.run_id, new, None
         return f"alias {self.alias}: now serving run {new.run_id} (was {old}), weights sha256 {new.weights_sha256[:12]}..."
+
+
+def incompatible(new: ServedModel, old: ServedModel) -> Optional[str]:
+    """Why clients of `old` could not use `new` unchanged (another task, tensors or classes), or None."""
+    if new.task != old.task:
+        return f"it is a {new.task} run, this server serves {old.task}"
+    if new.inputs != old.inputs or new.outputs != old.outputs:
+        return (f"its tensors differ (input {new.inputs[0].shape}, this server's {old.inputs[0].shape}); "
+                "serve it on a server of its own")
+    if new.parameters.get("class_names") != old.parameters.get("class_names"):
+        return "its class names differ; clients would read its classes wrong. Serve it on a server of its own"
+    return None
 
 
 async def watch(slot: Slot, pool: ThreadPoolExecutor, every_s: float = POLL_S) -> None:

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load
 from torch import nn
 
 from model import model_dict
-from store.runs import sha256_file
 from utils.config import Config
 from utils.errors import RunFailure, UsageError
 
@@ -115,12 +114,13 @@ def load_weights(model: nn.Module, weights: Path, recorded: dict, key: str = "")
     if size != recorded["size"]:
         raise RunFailure(f"{weights} is {size} bytes, run.json records {recorded['size']}; the file was cut short or "
                          "changed; restore it from a backup or retrain the run")
-    actual = sha256_file(weights)
+    data = weights.read_bytes()  # read once: the bytes checked are the bytes loaded, even if the file is replaced meanwhile
+    actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise RunFailure(f"{weights} does not match run.json (sha256 {actual[:12]}... != {sha256[:12]}...); "
                          "the file was changed or damaged; restore it from a backup or retrain the run")
     try:
-        state = load_file(weights)
+        state = load(data)
     except Exception as e:  # noqa: BLE001 - a damaged file has one fix
         raise RunFailure(f"{weights} cannot be loaded ({e}); retrain or restore it") from None
     try:

@@ -330,6 +330,21 @@ def test_export_triton_writes_a_config_that_parses_into_model_config(runs):
     assert hashlib.sha256((repo / "1" / "model.onnx").read_bytes()).hexdigest() == export["files"]["model.onnx"]["sha256"]
 
 
+def test_a_swap_to_a_run_clients_could_not_use_is_refused():
+    from infer.served import ServedModel, TensorSpec
+    from serve.slot import incompatible
+
+    def served(task="classify", side=8, names=("a", "b")) -> ServedModel:
+        return ServedModel("id", "sha", task, [TensorSpec("input", "FP32", [-1, 1, side, side])],
+                           [TensorSpec("logits", "FP32", [-1, len(names)])], True, None, None, (".png",),
+                           {"class_names": list(names)})
+
+    assert incompatible(served(), served()) is None
+    assert "wgan_gp run" in incompatible(served("wgan_gp"), served())
+    assert "tensors differ" in incompatible(served(side=16), served())
+    assert "class names differ" in incompatible(served(names=("b", "a")), served())
+
+
 def test_serving_without_its_packages_is_exit_2_naming_the_install(monkeypatch):
     import importlib.util
 
