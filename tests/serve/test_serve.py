@@ -39,11 +39,12 @@ def digit_images(folder: Path, n: int = 24) -> dict:
     return labels
 
 
-def predictions(project, run_id: str, path: Path) -> dict:
+def predictions(project, run_id: str, path: Path, backend: str = "torch") -> dict:
     """inference.py --input: {file name: (class, confidence)}."""
-    r = project.run("inference.py", "--input", str(path), f"resume={run_id}", "inference_device=cpu")
+    r = project.run("inference.py", "--input", str(path), f"resume={run_id}", "inference_device=cpu", f"backend={backend}")
     assert r.returncode == 0, r.stderr
-    rows = list(csv.DictReader(open(project.experiments / run_id / "inference" / "predictions.csv")))
+    folder = project.experiments / run_id / "inference" / ("" if backend == "torch" else backend)
+    rows = list(csv.DictReader(open(folder / "predictions.csv")))
     return {Path(row["path"]).name: (row["predicted"], float(row["confidence"])) for row in rows}
 
 
@@ -68,9 +69,9 @@ def runs(tmp_path_factory):
     return project, ids, images, digit_images(images)
 
 
-def check_classifier(project, run_id: str, files: list[Path], server: Server) -> None:
+def check_classifier(project, run_id: str, files: list[Path], server: Server, backend: str = "torch") -> None:
     """tritonclient's infer and the file route give inference.py --input's classes and confidences."""
-    expected = predictions(project, run_id, files[0].parent)
+    expected = predictions(project, run_id, files[0].parent, backend)
     client = http.InferenceServerClient(server.address)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("model")
     meta = client.get_model_metadata("model")
@@ -316,7 +317,7 @@ def test_export_triton_writes_a_config_that_parses_into_model_config(runs):
     model_config = pytest.importorskip("tritonclient.grpc.model_config_pb2")
     from google.protobuf import text_format
 
-    project, ids, _, _ = runs
+    project, ids, images, _ = runs
     r = project.run("inference.py", "--export", "triton", f"resume={ids['good']}", "--max-batch", "16")
     assert r.returncode == 0, r.stderr
     repo = project.experiments / ids["good"] / "triton" / "model"
@@ -328,6 +329,12 @@ def test_export_triton_writes_a_config_that_parses_into_model_config(runs):
     assert config.parameters["run_id"].string_value == ids["good"]
     export = json.loads((project.experiments / ids["good"] / "export" / "export.json").read_text())
     assert hashlib.sha256((repo / "1" / "model.onnx").read_bytes()).hexdigest() == export["files"]["model.onnx"]["sha256"]
+    server = Server(project, f"resume={ids['good']}", "backend=onnxruntime")  # the same export, served by onnxruntime
+    try:
+        assert metadata(server)["platform"] == "onnxruntime_onnx"
+        check_classifier(project, ids["good"], sorted(images.iterdir())[:8], server, "onnxruntime")
+    finally:
+        assert server.stop()[0] == 143
 
 
 def test_a_swap_to_a_run_clients_could_not_use_is_refused():
@@ -343,6 +350,16 @@ def test_a_swap_to_a_run_clients_could_not_use_is_refused():
     assert "wgan_gp run" in incompatible(served("wgan_gp"), served())
     assert "tensors differ" in incompatible(served(side=16), served())
     assert "class names differ" in incompatible(served(names=("b", "a")), served())
+
+
+def test_tasks_without_a_served_form_refuse_it():
+    import torch
+
+    from tasks import task_dict
+    from utils.errors import UsageError
+
+    with pytest.raises(UsageError, match="task wgan_gp cannot be served"):
+        task_dict["wgan_gp"]().serving(None, {"id": "2026-01-01_00-00-00"}, torch.device("cpu"))
 
 
 def test_serving_without_its_packages_is_exit_2_naming_the_install(monkeypatch):
