@@ -108,7 +108,7 @@ def input_array(header: dict, blob: bytes, spec: TensorSpec) -> np.ndarray:
 
 def tensor_data(t: dict, blob: bytes, dtype: str, shape: list) -> np.ndarray:
     count = int(np.prod(shape))
-    size = (t.get("parameters") or {}).get("binary_data_size")
+    size = parameters(t).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != count * np.dtype(dtype).itemsize or size > len(blob):
             raise Refusal(400, f"binary_data_size {size!r} does not hold {count} {dtype} values of shape {shape}")
@@ -125,13 +125,23 @@ def tensor_data(t: dict, blob: bytes, dtype: str, shape: list) -> np.ndarray:
 def requested_outputs(header: dict, model: ServedModel) -> list[tuple[TensorSpec, bool]]:
     """The outputs asked for (all when none are named), each with whether it goes back as binary."""
     specs = {o.name: o for o in model.outputs}
-    default_binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = bool(parameters(header).get("binary_data_output", False))
     asked = header.get("outputs")
     if asked is None:
         return [(o, default_binary) for o in model.outputs]
     if not isinstance(asked, list) or not all(isinstance(o, dict) and o.get("name") in specs for o in asked):
         raise Refusal(400, f"'outputs' must name some of {', '.join(specs)}")
-    return [(specs[o["name"]], bool((o.get("parameters") or {}).get("binary_data", default_binary))) for o in asked]
+    return [(specs[o["name"]], bool(parameters(o).get("binary_data", default_binary))) for o in asked]
+
+
+def parameters(part: dict) -> dict:
+    """A request part's V2 `parameters`: an object, or absent."""
+    found = part.get("parameters")
+    if found is None:
+        return {}
+    if not isinstance(found, dict):
+        raise Refusal(400, f"'parameters' must be a JSON object, not {type(found).__name__}")
+    return found
 
 
 def request_id(header: dict, request: Request) -> str:
