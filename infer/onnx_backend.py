@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from infer.runs import LoadedRun
+from infer.runs import LoadedRun, weights_sha256
 from store.runs import sha256_file
 from train.device import resolve_device
 from utils.config import Config
@@ -93,7 +93,7 @@ def with_backend(loaded: LoadedRun, backend: str) -> LoadedRun:
         return loaded
     run, weights = loaded.run, loaded.weights
     meta = read_export(loaded.folder, run["id"])
-    sha = (run["best"]["weights"] if weights == "best" else run["weights"])["sha256"]
+    sha = weights_sha256(run, weights)
     if meta.get("weights_sha256") != sha:
         raise UsageError(f"run {run['id']}'s export was made from weights={meta.get('weights')}, not weights={weights}; "
                          f"use weights={meta.get('weights')}, or export again: python inference.py --export onnx "

@@ -70,6 +70,11 @@ class LoadedRun:
         return (self.run.get("best") or {}).get("metrics", {}) if self.weights == "best" else self.run.get("metrics") or {}
 
 
+def weights_sha256(run: dict, weights: str) -> str:
+    """The sha256 run.json records for its final (or, weights='best', best) weights."""
+    return (run["best"]["weights"] if weights == "best" else run["weights"])["sha256"]
+
+
 def run_config(run: dict, task: Task) -> Config:
     """A run's config.yaml as its task's config, upgraded from the run's format. An unusable one is
     exit 2, as in train.py resume=<id>: the run named cannot be used, and nothing was written."""

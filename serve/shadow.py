@@ -29,11 +29,10 @@ import numpy as np
 from infer.served import FileAnswer, ServedModel
 from store.aliases import utc
 from utils.errors import UsageError
-from utils.files import write_json
-from utils.stats import mcnemar, p_text, paired_bootstrap
+from utils.files import write_json, write_text
+from utils.stats import mcnemar
 
 MAX_BACKLOG = 256
-BOOTSTRAP_SAMPLES = 2000
 
 
 class Shadow:
@@ -86,8 +85,7 @@ class Shadow:
 
     def side(self, m: ServedModel, outputs: dict, i: int, ms: float) -> dict:
         names = m.parameters.get("class_names") or []
-        predicted = names[int(outputs["predicted"][i])] if "predicted" in outputs else None
-        return {"run": m.run_id, "sha256": m.weights_sha256, "predicted": predicted, "latency_ms": round(ms, 3)}
+        return entry(m, names[int(outputs["predicted"][i])] if "predicted" in outputs else None, ms)
 
     def observe_file(self, rid: str, path: Path, tmp: tempfile.TemporaryDirectory, primary: ServedModel, answer: FileAnswer,
                      primary_ms: float) -> None:
@@ -102,10 +100,8 @@ class Shadow:
         finally:
             tmp.cleanup()
         line = {"id": rid, "time": utc(), "route": "predict",
-                "primary": {"run": primary.run_id, "sha256": primary.weights_sha256, "predicted": answer.row.get("predicted"),
-                            "latency_ms": round(primary_ms, 3)},
-                "shadow": {"run": self.model.run_id, "sha256": self.model.weights_sha256, "predicted": theirs.row.get("predicted"),
-                           "latency_ms": round(ms, 3)}}
+                "primary": entry(primary, answer.row.get("predicted"), primary_ms),
+                "shadow": entry(self.model, theirs.row.get("predicted"), ms)}
         if answer.body and theirs.body:
             line["voxel_agreement"] = float((label_map(answer.body) == label_map(theirs.body)).mean())
         self.write(line)
@@ -114,6 +110,11 @@ class Shadow:
         """Finish what is queued (on shutdown), then note what was not shadowed."""
         self.pool.shutdown(wait=True)
         self.write({"end": utc(), "skipped": self.skipped})
+
+
+def entry(m: ServedModel, predicted, ms: float) -> dict:
+    """One run's side of a log line."""
+    return {"run": m.run_id, "sha256": m.weights_sha256, "predicted": predicted, "latency_ms": round(ms, 3)}
 
 
 def label_map(body: bytes) -> np.ndarray:
@@ -190,15 +191,17 @@ def labelled_ab(lines: list[dict], labels: dict, report: dict) -> dict:
     rows = [line for line in lines if line["id"] in labels]
     if not rows:
         raise UsageError(f"--labels: none of its ids is a request in the log (log ids look like {lines[0]['id']!r})")
+    from tasks.classify.compare import BOOTSTRAP_SAMPLES, bootstrap_diff, reading  # the A/B of --compare, on these requests
+
     ca = np.array([line["primary"]["predicted"] == labels[line["id"]] for line in rows])
     cb = np.array([line["shadow"]["predicted"] == labels[line["id"]] for line in rows])
-    lo, hi = paired_bootstrap(cb.astype(float) - ca.astype(float), BOOTSTRAP_SAMPLES, 0)
+    lo, hi = bootstrap_diff(ca, cb)
     test = mcnemar(ca, cb)
     return {"samples": len(rows), "accuracy": {"primary": float(ca.mean()), "shadow": float(cb.mean())}, "mcnemar": test,
             "accuracy_diff_shadow_minus_primary": {"value": float(cb.mean() - ca.mean()), "ci95": [lo, hi],
                                                    "bootstrap_samples": BOOTSTRAP_SAMPLES, "seed": 0},
-            "reading": f"McNemar {p_text(test['p_value'])}; shadow - primary accuracy {cb.mean() - ca.mean():+.4f}, "
-                       f"95% interval [{lo:+.4f}, {hi:+.4f}]"}
+            "reading": f"{reading(test, report['primary'], report['shadow'])} Shadow - primary accuracy "
+                       f"{cb.mean() - ca.mean():+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}]"}
 
 
 def to_markdown(r: dict) -> str:
@@ -232,7 +235,6 @@ def report_main(args) -> int:
     text = to_markdown(report)
     print(text, end="")
     stem = log.with_suffix("")
-    from utils.files import write_text
     write_text(stem.with_name(stem.name + ".report.md"), text)
     write_json(stem.with_name(stem.name + ".report.json"), report)
     print(f"wrote {stem}.report.md and .json")

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from infer.onnx_backend import EXPORT_DIR, EXPORT_JSON, ONNX_FILE, checked_file, read_export
-from infer.runs import select_run
+from infer.runs import select_run, weights_sha256
 from store.runs import EXPERIMENTS
 from tasks import configs, task_of
 from utils.config import load_config
@@ -32,7 +32,7 @@ def export_main(args, shared) -> int:
     task = task_of(run)
     cfg = load_config(args.config, args.overrides, configs, task.name)
     folder = EXPERIMENTS / run["id"]
-    sha = (run["best"]["weights"] if cfg.weights == "best" else run["weights"])["sha256"]
+    sha = weights_sha256(run, cfg.weights)
     if "onnx" in args.export or stale(folder, sha):
         task.export(cfg, run, ["onnx"])
     meta = read_export(folder, run["id"])

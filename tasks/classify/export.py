@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from infer.onnx_backend import EXPORT_DIR, EXPORT_JSON, INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel, require_onnx
-from infer.runs import LoadedRun, checked_data, load_run
+from infer.runs import LoadedRun, checked_data, load_run, weights_sha256
 from store.runs import fsync_dir, link_or_copy, sha256_file, write_json
 from tasks.base import Task
 from utils.config import Config
@@ -146,7 +146,7 @@ def file_entry(path: Path) -> dict:
 def write_folder(loaded: LoadedRun, fmt: str, details: dict, tmp: Path, final: Path) -> None:
     """Fill `tmp` beside the new model file: the other format's files from the previous export (when it
     came from the same weights), then parity.json, preprocess.json and export.json, all read-only."""
-    sha = (loaded.run["best"]["weights"] if loaded.weights == "best" else loaded.run["weights"])["sha256"]
+    sha = weights_sha256(loaded.run, loaded.weights)
     try:
         old = json.loads((final / EXPORT_JSON).read_text())
     except (OSError, ValueError):

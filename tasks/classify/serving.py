@@ -16,7 +16,7 @@ import torch
 from data.loading import IMAGE_EXTENSIONS
 from data.volumes import VOLUME_EXTENSIONS
 from infer.onnx_backend import INPUT_NAME, OUTPUT_NAME, with_backend
-from infer.runs import amp_dtype, load_run
+from infer.runs import amp_dtype, load_run, weights_sha256
 from infer.served import FileAnswer, ServedModel, TensorSpec
 from tasks.classify.export import preprocess_spec
 from tasks.classify.infer import read_input
@@ -40,7 +40,7 @@ def served_classifier(task, cfg: Config, run: dict, device: torch.device) -> Ser
         k = int(probs.argmax())
         return FileAnswer(row={"predicted": names[k], "confidence": round(float(probs[k]), 6), "probabilities": probs.tolist()})
 
-    sha = (run["best"]["weights"] if cfg.weights == "best" else run["weights"])["sha256"]
+    sha = weights_sha256(run, cfg.weights)
     spec = preprocess_spec(loaded, sha, {})
     spec.pop("files")
     k = len(names)

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from infer.onnx_backend import EXPORT_DIR, EXPORT_JSON, INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel, require_onnx
-from infer.runs import LoadedRun, checked_data, load_run
+from infer.runs import LoadedRun, checked_data, load_run, weights_sha256
 from store.runs import write_json
 from tasks.classify.export import PARITY_JSON, PREPROCESS_JSON, export_model, file_entry, install, remove_stale
 from tasks.segment.window import SIGMA_SCALE, sliding_window, windows
@@ -69,7 +69,7 @@ def measure_parity(loaded: LoadedRun, exported, cfg) -> dict:
 
 
 def write_folder(loaded: LoadedRun, cfg, details: dict, tmp) -> None:
-    sha = (loaded.run["best"]["weights"] if loaded.weights == "best" else loaded.run["weights"])["sha256"]
+    sha = weights_sha256(loaded.run, loaded.weights)
     models = {ONNX_FILE: file_entry(tmp / ONNX_FILE)}
     os.chmod(tmp / ONNX_FILE, 0o444)
     write_json(tmp / PARITY_JSON, {"onnx": details["parity"]}, readonly=True)

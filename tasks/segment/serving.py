@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from infer.onnx_backend import INPUT_NAME
-from infer.runs import load_run
+from infer.runs import load_run, weights_sha256
 from infer.served import FileAnswer, ServedModel, TensorSpec
 from tasks.segment.infer import CaseInput, predict_case, probabilities, write_like
 from utils.config import Config
@@ -48,7 +48,7 @@ def served_segmenter(task, cfg: Config, run: dict, device: torch.device) -> Serv
         counts = np.bincount(label.ravel(), minlength=len(names)).tolist()
         return FileAnswer(row={"shape": list(label.shape), "voxels": dict(zip(names, counts))}, body=body, media_type="application/gzip")
 
-    sha = (run["best"]["weights"] if cfg.weights == "best" else run["weights"])["sha256"]
+    sha = weights_sha256(run, cfg.weights)
     own = loaded.cfg  # the run's own config: its spacing and patch
     preprocessing = {"spacing_mm": list(own.spacing), "channels": geometry["channels"], "orientation": "RAS+ (closest canonical)",
                      "resample": "image trilinear; labels back to the file's grid from trilinear probabilities",
